@@ -17,6 +17,8 @@ from . import __version__
 # The order is the order `--help` lists them in.
 COMMAND_MODULES = (
     "backend.commands.serve",
+    "backend.commands.pull",
+    "backend.commands.verify",
 )
 
 

@@ -136,9 +136,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _model_path_given(self) -> Settings:
         if self.model.path is None:
-            raise ValueError(
-                "model.path is required: pass --model DIR or set BACKEND_MODEL__PATH"
-            )
+            raise ValueError("model.path is required: pass --model DIR or set BACKEND_MODEL__PATH")
         return self
 
 

