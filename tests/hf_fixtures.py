@@ -142,7 +142,9 @@ class FakeHub:
     token: str | None = None  # when set, every request must carry `Bearer <token>`
     corrupt: set[str] = field(default_factory=set)  # paths served with one byte flipped
     cut_after: dict[str, int] = field(default_factory=dict)  # path -> bytes, once
-    requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    requests: list[tuple[str, str, dict[str, str]]] = field(
+        default_factory=list
+    )  # lower-case names
     url: str = ""
 
     def add_repo(self, name: str, files: dict[str, bytes], revision: str | None = None) -> str:
@@ -213,7 +215,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch()
 
     def _dispatch(self) -> None:
-        self.hub.requests.append((self.command, self.path, dict(self.headers)))
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        self.hub.requests.append((self.command, self.path, headers))
         if not self._authorized():
             return
         path = unquote(urlsplit(self.path).path)

@@ -24,7 +24,12 @@ from .hashing import CHUNK_BYTES
 
 
 def hub_endpoint() -> str:
-    """HF_ENDPOINT as it is now (huggingface_hub reads it only once, at import)."""
+    """HF_ENDPOINT as it is now (huggingface_hub itself reads it only once, at import).
+
+    Also switches huggingface_hub's telemetry off (its user-agent lookups call the public
+    Hub): the connected side may be a network where only the Hub or a mirror is allowed.
+    """
+    constants.HF_HUB_DISABLE_TELEMETRY = True
     return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
 
 
