@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "backend.commands.serve",
     "backend.commands.pull",
     "backend.commands.verify",
+    "backend.commands.lock",
 )
 
 

@@ -86,6 +86,10 @@ class ManifestFile(_Strict):
     size: Annotated[int, Field(ge=0)]
     sha256: Annotated[str, Field(pattern=SHA256_PATTERN)]
 
+    @classmethod
+    def from_bytes(cls, path: str, data: bytes) -> ManifestFile:
+        return cls(path=path, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
 
 class WeightDtype(StrEnum):
     float32 = "float32"

@@ -9,7 +9,9 @@ hashed as they arrive, and reach their final name only when size and sha256 matc
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
@@ -74,6 +76,26 @@ class HashingWriter:
         return result
 
 
+@dataclass(frozen=True)
+class _Resolved:
+    location: str  # where to GET the bytes (the Hub, or a CDN it redirects to)
+    headers: dict[str, str]
+    size: int | None
+    commit: str | None
+
+
+def _resolve(repo: str, revision: str, path: str) -> _Resolved:
+    """HEAD of the file: its size, commit and download location (huggingface_hub's metadata)."""
+    endpoint = hub_endpoint()
+    url = hf_hub_url(repo, path, revision=revision, endpoint=endpoint)
+    metadata = get_hf_file_metadata(url, endpoint=endpoint, retry_on_errors=True)
+    location = metadata.location or url
+    headers = build_hf_headers()
+    if urlsplit(location).netloc != urlsplit(url).netloc:
+        headers.pop("authorization", None)  # a CDN's signed URL: never forward the token
+    return _Resolved(location, headers, metadata.size, metadata.commit_hash)
+
+
 def download_file(
     repo: str, revision: str, entry: ManifestFile, partial: Path, final: Path
 ) -> None:
@@ -82,20 +104,14 @@ def download_file(
     Raises `FileVerificationError` (naming the file, expected and actual) on a size or sha256
     mismatch; a corrupt partial file is removed, since resuming it could never succeed.
     """
-    endpoint = hub_endpoint()
-    url = hf_hub_url(repo, entry.path, revision=revision, endpoint=endpoint)
-    metadata = get_hf_file_metadata(url, endpoint=endpoint, retry_on_errors=True)
-    if metadata.commit_hash is not None and metadata.commit_hash != revision:
+    resolved = _resolve(repo, revision, entry.path)
+    if resolved.commit is not None and resolved.commit != revision:
         raise WeightsError(
-            f"{entry.path}: the server answered for commit {metadata.commit_hash}, "
+            f"{entry.path}: the server answered for commit {resolved.commit}, "
             f"not the pinned revision {revision}"
         )
-    if metadata.size is not None and metadata.size != entry.size:
-        raise FileVerificationError.mismatch(entry.path, "size", entry.size, metadata.size)
-    location = metadata.location or url
-    headers = build_hf_headers()
-    if urlsplit(location).netloc != urlsplit(url).netloc:
-        headers.pop("authorization", None)  # a CDN's signed URL: never forward the token
+    if resolved.size is not None and resolved.size != entry.size:
+        raise FileVerificationError.mismatch(entry.path, "size", entry.size, resolved.size)
 
     partial.parent.mkdir(parents=True, exist_ok=True)
     if partial.exists() and partial.stat().st_size > entry.size:
@@ -103,13 +119,12 @@ def download_file(
     with open(partial, "a+b") as f:
         f.seek(0, os.SEEK_END)
         writer = HashingWriter(f)
-        resume = f.tell()
         try:
             http_get(
-                location,
+                resolved.location,
                 writer,  # type: ignore[arg-type]
-                resume_size=resume,
-                headers=headers,
+                resume_size=f.tell(),
+                headers=resolved.headers,
                 expected_size=entry.size,
                 displayed_filename=entry.path,
             )
@@ -127,3 +142,17 @@ def download_file(
         raise FileVerificationError.mismatch(entry.path, "sha256", entry.sha256, actual)
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(partial, final)
+
+
+def fetch_bytes(repo: str, revision: str, path: str) -> bytes:
+    """A small file of `repo` at `revision`, in memory (lock hashes non-LFS files this way)."""
+    resolved = _resolve(repo, revision, path)
+    buffer = io.BytesIO()
+    http_get(
+        resolved.location,
+        buffer,
+        headers=resolved.headers,
+        expected_size=resolved.size,
+        displayed_filename=path,
+    )
+    return buffer.getvalue()
