@@ -273,4 +273,18 @@ def load_manifest(path: Path | str) -> ModelManifest:
 
 def manifest_json_schema() -> dict:
     """The JSON schema of a manifest, as checked in at model-manifests/schema.json."""
-    return ModelManifest.model_json_schema()
+    schema = ModelManifest.model_json_schema()
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "zarf-vllm model manifest",
+        **schema,
+    }
+
+
+def render_json_schema() -> str:
+    return json.dumps(manifest_json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    # Regenerates the checked-in schema: python -m backend.manifest > model-manifests/schema.json
+    print(render_json_schema(), end="")
