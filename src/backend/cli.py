@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "backend.commands.pull",
     "backend.commands.verify",
     "backend.commands.lock",
+    "backend.commands.image",
 )
 
 

@@ -1,0 +1,312 @@
+"""The model image: the backend image plus the weights, one reproducible layer per file.
+
+The pod runs this image, so the weights travel as ordinary OCI content through Zarf (no data
+injection, nothing downloaded at deploy time). On top of the backend image's layers come:
+
+- one layer with `/models/<id>.manifest.yaml` (the manifest file as written, comments and all)
+  and the `/models/<id>/` directories;
+- one layer per weight file, `/models/<id>/<path>`, sorted by path.
+
+Every entry is owned by UID/GID 65532 (the serving user) with mtime 0, so the same weights give
+the same layer digests on any machine, and a registry or the Docker engine stores a weight file
+that two images share once. Each file's sha256 is computed while it is written and checked
+against the manifest: a corrupted weight file never becomes an image.
+
+The config gets BACKEND_MODEL__PATH and BACKEND_MODEL__MANIFEST, and labels naming the model,
+its revision and license. The result is an OCI layout (optionally written as an OCI archive for
+Zarf's `imageArchives`) and, through skopeo, an image in the local Docker engine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .manifest import HuggingFaceSource, LocalSource, ModelManifest, RecipeSource, weights_key
+from .oci_layout import (
+    CONFIG_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPE,
+    REF_NAME,
+    Descriptor,
+    LayerEntry,
+    Layout,
+    Owner,
+    WrittenLayer,
+    write_archive,
+    write_layer,
+)
+from .weights.errors import FileVerificationError
+from .weights.hashing import default_workers, map_parallel
+from .weights.verify import check_sizes, locked_files
+
+MODELS_ROOT = "models"
+OWNER = Owner(uid=65532, gid=65532, mtime=0)
+EPOCH = "1970-01-01T00:00:00Z"  # image config times: fixed, for reproducible digests
+LABEL_PREFIX = "org.zarf-vllm.model"
+
+
+class ImageError(Exception):
+    """The model image cannot be built: base image, weights or tools."""
+
+
+def image_tag(manifest: ModelManifest, flavor: str, version: str = __version__) -> str:
+    return f"zarf.internal/zarf-vllm/model-{manifest.id}:{version}-{flavor}"
+
+
+def backend_tag(flavor: str, version: str = __version__) -> str:
+    return f"zarf.internal/zarf-vllm/backend:{version}-{flavor}"
+
+
+def model_paths(manifest: ModelManifest) -> tuple[str, str]:
+    """(weights directory, manifest file) inside the image, absolute."""
+    return f"/{MODELS_ROOT}/{manifest.id}", f"/{MODELS_ROOT}/{manifest.id}.manifest.yaml"
+
+
+def revision_of(manifest: ModelManifest) -> str:
+    source = manifest.source
+    if isinstance(source, HuggingFaceSource):
+        return f"{source.repo}@{source.revision}"
+    if isinstance(source, RecipeSource):
+        return f"recipe {source.recipe} from {source.package}"
+    assert isinstance(source, LocalSource)
+    return f"local {source.path}"
+
+
+def model_labels(manifest: ModelManifest) -> dict[str, str]:
+    return {
+        f"{LABEL_PREFIX}.id": manifest.id,
+        f"{LABEL_PREFIX}.name": manifest.display_name,
+        f"{LABEL_PREFIX}.revision": revision_of(manifest),
+        f"{LABEL_PREFIX}.license": manifest.license,
+        f"{LABEL_PREFIX}.task": str(manifest.task),
+        f"{LABEL_PREFIX}.weights-key": weights_key(manifest),
+    }
+
+
+@dataclass(frozen=True)
+class ModelImage:
+    layout: Path | None  # the OCI layout directory holding the image, if kept
+    ref: str  # its name in the layout (and the Docker tag)
+    manifest_digest: str
+    config_digest: str
+    weight_layers: dict[str, str]  # weight file path -> layer digest
+
+
+# --- the base image -----------------------------------------------------------------------
+
+
+def _run(command: list[str]) -> None:
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+    except FileNotFoundError as exc:
+        raise ImageError(
+            f"{command[0]} is not installed (Debian: apt-get install -y {command[0]})"
+        ) from exc
+    if result.returncode != 0:
+        raise ImageError(f"{' '.join(command)} failed: {result.stderr.strip()[-2000:]}")
+
+
+SKOPEO_TRANSPORTS = (
+    "docker://",
+    "docker-daemon:",
+    "docker-archive:",
+    "oci-archive:",
+    "containers-storage:",
+    "dir:",
+)
+
+
+def open_base(base: str, work: Path) -> tuple[Layout, str | None]:
+    """The base image as an OCI layout and its name there.
+
+    `oci:DIR[:REF]` is read in place; another skopeo transport (`docker-daemon:`,
+    `oci-archive:`, ...) is copied with `skopeo copy`; a bare `NAME:TAG` means the local
+    Docker engine, where scripts/build-images puts the backend image.
+    """
+    if base.startswith("oci:"):
+        path, _, ref = base[len("oci:") :].partition(":")
+        return Layout(Path(path)), ref or None
+    source = base if base.startswith(SKOPEO_TRANSPORTS) else f"docker-daemon:{base}"
+    target = work / "base"
+    _run(["skopeo", "copy", "--quiet", source, f"oci:{target}:base"])
+    return Layout(target), "base"
+
+
+# --- layers, config, manifest --------------------------------------------------------------
+
+
+def _weight_layers(
+    layout: Layout, manifest: ModelManifest, weights: Path, workers: int
+) -> dict[str, WrittenLayer]:
+    model_dir = f"{MODELS_ROOT}/{manifest.id}"
+    expected = {f.path: f.sha256 for f in locked_files(manifest)}
+
+    def build(path: str) -> WrittenLayer:
+        entry = LayerEntry(f"{model_dir}/{path}", source=weights / path)
+        layer = write_layer(layout, [entry], OWNER)
+        actual = layer.file_sha256[entry.path]
+        if actual != expected[path]:
+            raise FileVerificationError.mismatch(path, "sha256", expected[path], actual)
+        return layer
+
+    # Largest first, so that the last file to finish is a small one.
+    ordered = sorted(expected, key=lambda p: -(weights / p).stat().st_size)
+    return dict(map_parallel(build, ordered, workers))
+
+
+def _manifest_layer(layout: Layout, manifest: ModelManifest, text: bytes) -> WrittenLayer:
+    model_dir = f"{MODELS_ROOT}/{manifest.id}"
+    subdirs = {f"{model_dir}/{d}" for f in locked_files(manifest) for d in _dirs_of(f.path)}
+    entry = LayerEntry(f"{MODELS_ROOT}/{manifest.id}.manifest.yaml", data=text)
+    return write_layer(layout, [entry], OWNER, dirs={MODELS_ROOT, model_dir, *subdirs})
+
+
+def _dirs_of(path: str) -> list[str]:
+    parts = path.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _new_config(
+    base_config: dict[str, Any], manifest: ModelManifest, layers: list[Descriptor]
+) -> dict[str, Any]:
+    config = dict(base_config)
+    inner = dict(config.get("config") or {})
+    weights_dir, manifest_file = model_paths(manifest)
+    ours = {"BACKEND_MODEL__PATH": weights_dir, "BACKEND_MODEL__MANIFEST": manifest_file}
+    env = [e for e in inner.get("Env") or [] if e.split("=", 1)[0] not in ours]
+    inner["Env"] = env + [f"{key}={value}" for key, value in ours.items()]
+    inner["Labels"] = {**(inner.get("Labels") or {}), **model_labels(manifest)}
+    config["config"] = inner
+    config["created"] = EPOCH
+    rootfs = dict(config.get("rootfs") or {"type": "layers", "diff_ids": []})
+    # Uncompressed layers: the diff ID is the blob's own digest.
+    rootfs["diff_ids"] = list(rootfs.get("diff_ids", [])) + [d.digest for d in layers]
+    config["rootfs"] = rootfs
+    history = list(config.get("history") or [])
+    for descriptor in layers:
+        history.append(
+            {"created": EPOCH, "created_by": f"zarf-vllm image {manifest.id} ({descriptor.size} B)"}
+        )
+    config["history"] = history
+    return config
+
+
+def assemble(
+    base: Layout,
+    base_ref: str | None,
+    manifest: ModelManifest,
+    manifest_text: bytes,
+    weights: Path,
+    out: Path,
+    ref: str,
+    *,
+    workers: int | None = None,
+) -> ModelImage:
+    """Writes the model image into a new OCI layout at `out` and names it `ref` there."""
+    check_sizes(weights, locked_files(manifest))
+    layout = Layout.create(out)
+    base_manifest_descriptor = base.find(base_ref)
+    base_manifest = base.read_json(base_manifest_descriptor)
+    base_config = base.read_json(Descriptor.from_json(base_manifest["config"]))
+    base_layers = [Descriptor.from_json(d) for d in base_manifest["layers"]]
+    for descriptor in base_layers:
+        layout.adopt_blob(base, descriptor)
+
+    head = _manifest_layer(layout, manifest, manifest_text)
+    weight_layers = _weight_layers(layout, manifest, weights, workers or default_workers())
+    ordered = [head] + [weight_layers[p] for p in sorted(weight_layers)]
+    new_layers = [layer.descriptor for layer in ordered]
+
+    config = layout.write_json(_new_config(base_config, manifest, new_layers), CONFIG_MEDIA_TYPE)
+    image_manifest = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": config.to_json(),
+        "layers": [d.to_json() for d in base_layers + new_layers],
+        "annotations": {"org.opencontainers.image.created": EPOCH},
+    }
+    manifest_descriptor = layout.write_json(image_manifest, MANIFEST_MEDIA_TYPE)
+    named = Descriptor(
+        manifest_descriptor.media_type,
+        manifest_descriptor.digest,
+        manifest_descriptor.size,
+        {REF_NAME: ref},
+    )
+    layout.write_index([named])
+    return ModelImage(
+        layout=out,
+        ref=ref,
+        manifest_digest=manifest_descriptor.digest,
+        config_digest=config.digest,
+        weight_layers={p: layer.descriptor.digest for p, layer in weight_layers.items()},
+    )
+
+
+# --- the whole step ------------------------------------------------------------------------
+
+
+Log = Callable[[str], None]
+
+
+def build_model_image(
+    manifest: ModelManifest,
+    manifest_path: Path,
+    weights: Path,
+    base: str,
+    tag: str,
+    *,
+    layout_dir: Path | None = None,
+    oci_archive: Path | None = None,
+    load: bool = True,
+    workers: int | None = None,
+    log: Log = lambda _: None,
+) -> ModelImage:
+    """Builds the model image of `manifest` from `weights` on `base` and names it `tag`.
+
+    `layout_dir` keeps the OCI layout (else a temporary one is used and removed);
+    `oci_archive` also writes it as one OCI archive (Zarf `imageArchives`); `load` copies it
+    into the local Docker engine with skopeo. Raises `FileVerificationError` naming the file
+    when a weight does not match the manifest, `ImageError` for base image or tool problems.
+    """
+    weights = Path(weights)
+    with tempfile.TemporaryDirectory(prefix="model-image-", dir=_work_dir(layout_dir)) as tmp:
+        work = Path(tmp)
+        base_layout, base_ref = open_base(base, work)
+        out = work / "image"  # renamed to layout_dir only once complete
+        log(f"writing {len(manifest.files or [])} weight layers for {tag}")
+        image = assemble(
+            base_layout,
+            base_ref,
+            manifest,
+            manifest_path.read_bytes(),
+            weights,
+            out,
+            tag,
+            workers=workers,
+        )
+        if oci_archive is not None:
+            oci_archive.parent.mkdir(parents=True, exist_ok=True)
+            write_archive(Layout(out), oci_archive)
+            log(f"wrote {oci_archive}")
+        if load:
+            _run(["skopeo", "copy", "--quiet", f"oci:{out}:{tag}", f"docker-daemon:{tag}"])
+            log(f"loaded {tag} into the Docker engine")
+        if layout_dir is not None:
+            shutil.rmtree(layout_dir, ignore_errors=True)
+            out.rename(layout_dir)
+    return replace(image, layout=layout_dir)
+
+
+def _work_dir(layout_dir: Path | None) -> str | None:
+    """Temporary files next to the output, so blobs move by rename, not copy."""
+    if layout_dir is None:
+        return os.environ.get("TMPDIR")
+    layout_dir.parent.mkdir(parents=True, exist_ok=True)
+    return str(layout_dir.parent)
