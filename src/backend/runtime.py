@@ -59,6 +59,29 @@ def check_model_directory(path: Path) -> None:
         raise ConfigError(f"{config} is not valid JSON: {exc}") from exc
 
 
+def verify_weights(settings: Settings, manifest: ModelManifest | None) -> None:
+    """With model.verify on, refuses to serve weights that differ from the manifest."""
+    mode = settings.model.verify
+    if mode == "off":
+        return
+    if manifest is None:
+        raise ConfigError(
+            f"model.verify={mode} needs the model's manifest: pass --manifest FILE "
+            "or set BACKEND_MODEL__MANIFEST"
+        )
+    from .weights.errors import WeightsError
+    from .weights.verify import verify_directory
+
+    assert settings.model.path is not None
+    try:
+        verify_directory(settings.model.path, manifest, mode)
+    except WeightsError as exc:
+        raise ConfigError(
+            f"refusing to serve {settings.model.path}: {exc}. The weights differ from manifest "
+            f"{manifest.id}; restore them from the package (or re-run the pull)"
+        ) from exc
+
+
 def is_embedding_model(settings: Settings, manifest: ModelManifest | None) -> bool:
     """The task: from the settings, else the manifest, else the model directory's files."""
     if settings.model.task != "auto":

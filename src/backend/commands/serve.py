@@ -57,13 +57,14 @@ def run(args: argparse.Namespace) -> int:
 
     from ..config import ConfigError, load_model_manifest, load_settings
     from ..logs import configure_logging
-    from ..runtime import check_model_directory
+    from ..runtime import check_model_directory, verify_weights
 
     try:
         settings = load_settings(args.config, _flag_overrides(args))
         assert settings.model.path is not None
         check_model_directory(settings.model.path)
         manifest = load_model_manifest(settings)
+        verify_weights(settings, manifest)
     except ConfigError as exc:
         raise CommandError(str(exc), exit_code=2) from exc
     configure_logging(settings.server.log_level)
