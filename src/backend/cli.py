@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "backend.commands.verify",
     "backend.commands.lock",
     "backend.commands.image",
+    "backend.commands.values",
+    "backend.commands.preview",
 )
 
 
