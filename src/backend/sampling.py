@@ -171,6 +171,10 @@ def build_sampling_params(
 
     if request.do_sample is False:
         temperature = 0.0  # an explicit "no sampling" means greedy decoding
+    if n > 1 and temperature == 0:
+        raise InvalidRequest(
+            "n", f"greedy decoding (temperature 0 or do_sample false) gives one choice, got n={n}"
+        )
     max_tokens = resolve_max_tokens(
         request.max_new_tokens, defaults.max_new_tokens, prompt_tokens, limits
     )
@@ -193,9 +197,6 @@ def build_sampling_params(
     }
     try:
         return SamplingParams(**{k: v for k, v in options.items() if v is not None})
-    except (
-        ValueError,
-        TypeError,
-        VLLMClientError,
-    ) as exc:  # vLLM's own checks, for what we did not foresee
+    # vLLM's own checks, for whatever the checks above did not foresee.
+    except (ValueError, TypeError, VLLMClientError) as exc:
         raise InvalidRequest("sampling", str(exc)) from exc
