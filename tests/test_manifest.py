@@ -108,3 +108,9 @@ def test_weights_key_ignores_serving_settings_only() -> None:
     assert weights_key(chatty) == weights_key(manifest)
     other_files = manifest.model_copy(update={"files": manifest.files[:-1]})
     assert weights_key(other_files) != weights_key(manifest)
+
+
+def test_manifest_named_as_in_the_image_loads(tmp_path: Path) -> None:
+    text = (ROOT / "smollm2-135m-instruct.yaml").read_text()
+    (tmp_path / "smollm2-135m-instruct.manifest.yaml").write_text(text)
+    assert load_manifest(tmp_path / "smollm2-135m-instruct.manifest.yaml").locked

@@ -25,6 +25,7 @@ from backend.model_image import (
     build_model_image,
     image_tag,
     model_labels,
+    open_base,
 )
 from backend.oci_layout import Layout
 from backend.weights.errors import FileVerificationError
@@ -114,9 +115,8 @@ def model(tmp_path: Path) -> tuple[ModelManifest, Path, Path]:
 
 def build(base: Path, model, out: Path):
     manifest, manifest_path, weights = model
-    return assemble(
-        Layout(base), "backend", manifest, manifest_path.read_bytes(), weights, out, REF
-    )
+    base_image = open_base(f"oci:{base}:backend", out.parent, need_blobs=True)
+    return assemble(base_image, manifest, manifest_path.read_bytes(), weights, out, REF)
 
 
 def image_parts(layout_dir: Path) -> tuple[dict, dict]:
@@ -268,31 +268,44 @@ def _docker_ready() -> bool:
     return subprocess.run(["docker", "info"], capture_output=True, check=False).returncode == 0
 
 
+def _docker_run(*args: str) -> str:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout
+
+
+def _cat(tag: str, path: str, target: Path) -> bytes:
+    container = _docker_run("create", tag, "none").strip()
+    try:
+        _docker_run("cp", f"{container}:{path}", str(target))
+        return target.read_bytes()
+    finally:
+        subprocess.run(["docker", "rm", container], capture_output=True, check=False)
+
+
 @pytest.mark.container
 @pytest.mark.skipif(not _docker_ready(), reason="no Docker engine running")
-def test_loads_into_docker_with_the_weights_in_place(base, model, tmp_path: Path) -> None:
+def test_loads_into_docker_and_builds_on_an_engine_base(base, model, tmp_path: Path) -> None:
     manifest, manifest_path, weights = model
-    tag = "zarf.internal/zarf-vllm/model-test-tiny:reproducible"
-    build_model_image(manifest, manifest_path, weights, f"oci:{base}:backend", tag)
+    first = "zarf.internal/zarf-vllm/model-test-tiny:full"
+    second = "zarf.internal/zarf-vllm/model-test-tiny:on-engine-base"
     try:
-        inspect = json.loads(
-            subprocess.run(
-                ["docker", "image", "inspect", tag], capture_output=True, check=True
-            ).stdout
-        )[0]
+        # From an OCI layout: every layer goes to the engine.
+        one = build_model_image(manifest, manifest_path, weights, f"oci:{base}:backend", first)
+        inspect = json.loads(_docker_run("image", "inspect", first))[0]
+        assert inspect["Id"] == one.config_digest
         assert inspect["Config"]["Labels"]["org.zarf-vllm.model.id"] == "tiny"
-        container = subprocess.run(
-            ["docker", "create", tag, "none"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        try:
-            copy = tmp_path / "copied"
-            subprocess.run(
-                ["docker", "cp", f"{container}:/models/tiny/extra/blob.bin", str(copy)],
-                check=True,
-                capture_output=True,
-            )
-            assert copy.read_bytes() == (weights / "extra/blob.bin").read_bytes()
-        finally:
-            subprocess.run(["docker", "rm", container], capture_output=True, check=False)
+        blob = _cat(first, "/models/tiny/extra/blob.bin", tmp_path / "one")
+        assert blob == (weights / "extra/blob.bin").read_bytes()
+        # On an image the engine holds: its layers are named but not sent.
+        two = build_model_image(manifest, manifest_path, weights, first, second)
+        assert two.manifest_digest is None and two.layers[0] is None
+        assert two.weight_layers == one.weight_layers  # same weights, same layer digests
+        inspect = json.loads(_docker_run("image", "inspect", second))[0]
+        assert inspect["RootFS"]["Layers"][: len(one.layers)] == [
+            d.digest if d.media_type.endswith(".tar") else inspect["RootFS"]["Layers"][0]
+            for d in one.layers
+        ]
+        assert _cat(second, "/models/tiny.manifest.yaml", tmp_path / "two") == (
+            manifest_path.read_bytes()
+        )
     finally:
-        subprocess.run(["docker", "rmi", tag], capture_output=True, check=False)
+        subprocess.run(["docker", "rmi", second, first], capture_output=True, check=False)

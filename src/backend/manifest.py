@@ -266,7 +266,8 @@ def load_manifest(path: Path | str) -> ModelManifest:
         manifest = ModelManifest.model_validate(data)
     except ValidationError as exc:
         raise ManifestError(f"{path}: invalid manifest:\n{exc}") from exc
-    if manifest.id != path.stem:
+    # <id>.yaml in model-manifests/, <id>.manifest.yaml next to the weights in the image.
+    if path.stem not in (manifest.id, f"{manifest.id}.manifest"):
         raise ManifestError(f"{path}: id {manifest.id!r} must match the file name {path.stem!r}")
     return manifest
 

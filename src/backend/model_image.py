@@ -19,7 +19,6 @@ Zarf's `imageArchives`) and, through skopeo, an image in the local Docker engine
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -28,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, image_loading
 from .manifest import HuggingFaceSource, LocalSource, ModelManifest, RecipeSource, weights_key
 from .oci_layout import (
     CONFIG_MEDIA_TYPE,
@@ -39,6 +38,7 @@ from .oci_layout import (
     Layout,
     Owner,
     WrittenLayer,
+    parent_dirs,
     write_archive,
     write_layer,
 )
@@ -90,15 +90,6 @@ def model_labels(manifest: ModelManifest) -> dict[str, str]:
     }
 
 
-@dataclass(frozen=True)
-class ModelImage:
-    layout: Path | None  # the OCI layout directory holding the image, if kept
-    ref: str  # its name in the layout (and the Docker tag)
-    manifest_digest: str
-    config_digest: str
-    weight_layers: dict[str, str]  # weight file path -> layer digest
-
-
 # --- the base image -----------------------------------------------------------------------
 
 
@@ -113,30 +104,59 @@ def _run(command: list[str]) -> None:
         raise ImageError(f"{' '.join(command)} failed: {result.stderr.strip()[-2000:]}")
 
 
-SKOPEO_TRANSPORTS = (
-    "docker://",
-    "docker-daemon:",
-    "docker-archive:",
-    "oci-archive:",
-    "containers-storage:",
-    "dir:",
-)
+SKOPEO_TRANSPORTS = ("docker://", "docker-archive:", "oci-archive:", "containers-storage:", "dir:")
+ENGINE = "docker-daemon:"
 
 
-def open_base(base: str, work: Path) -> tuple[Layout, str | None]:
-    """The base image as an OCI layout and its name there.
+@dataclass(frozen=True)
+class BaseImage:
+    config: dict[str, Any]
+    layers: list[Descriptor | None]  # None: a layer only the Docker engine holds
+    layout: Layout | None  # where the known layers' blobs are
 
-    `oci:DIR[:REF]` is read in place; another skopeo transport (`docker-daemon:`,
-    `oci-archive:`, ...) is copied with `skopeo copy`; a bare `NAME:TAG` means the local
-    Docker engine, where scripts/build-images puts the backend image.
-    """
+
+def _from_layout(layout: Layout, ref: str | None) -> BaseImage:
+    manifest = layout.read_json(layout.find(ref))
+    config = layout.read_json(Descriptor.from_json(manifest["config"]))
+    layers: list[Descriptor | None] = [Descriptor.from_json(d) for d in manifest["layers"]]
+    return BaseImage(config, layers, layout)
+
+
+def _engine_export(ref: str, image_id: str) -> Layout:
+    """The engine's image as an OCI layout, exported once per image ID into the cache."""
+    from .weights.pull import cache_dir
+
+    target = cache_dir() / "base-images" / image_id.split(":")[-1]
+    if not (target / "index.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            _run(["skopeo", "copy", "--quiet", f"{ENGINE}{ref}", f"oci:{tmp}/layout:base"])
+            shutil.rmtree(target, ignore_errors=True)
+            (Path(tmp) / "layout").rename(target)
+    return Layout(target)
+
+
+def open_base(base: str, work: Path, *, need_blobs: bool) -> BaseImage:
+    """The base image: `oci:DIR[:REF]` is read in place; other skopeo transports are copied
+    with skopeo; `docker-daemon:NAME:TAG` or a bare `NAME:TAG` is the local Docker engine,
+    where scripts/build-images puts the backend image. From the engine, only the config is
+    read (`docker image inspect`) unless the layers themselves are needed (an OCI archive or
+    layout output), which exports the image once per image ID into the cache."""
     if base.startswith("oci:"):
         path, _, ref = base[len("oci:") :].partition(":")
-        return Layout(Path(path)), ref or None
-    source = base if base.startswith(SKOPEO_TRANSPORTS) else f"docker-daemon:{base}"
-    target = work / "base"
-    _run(["skopeo", "copy", "--quiet", source, f"oci:{target}:base"])
-    return Layout(target), "base"
+        return _from_layout(Layout(Path(path)), ref or None)
+    if base.startswith(SKOPEO_TRANSPORTS):
+        _run(["skopeo", "copy", "--quiet", base, f"oci:{work / 'base'}:base"])
+        return _from_layout(Layout(work / "base"), "base")
+    ref = base.removeprefix(ENGINE)
+    try:
+        engine_image = image_loading.inspect_base(ref)
+    except image_loading.DockerError as exc:
+        raise ImageError(f"base image {ref}: {exc} (build it with scripts/build-images)") from exc
+    if need_blobs:
+        return _from_layout(_engine_export(ref, engine_image.image_id), "base")
+    layers: list[Descriptor | None] = [None] * len(engine_image.config["rootfs"]["diff_ids"])
+    return BaseImage(engine_image.config, layers, None)
 
 
 # --- layers, config, manifest --------------------------------------------------------------
@@ -163,14 +183,9 @@ def _weight_layers(
 
 def _manifest_layer(layout: Layout, manifest: ModelManifest, text: bytes) -> WrittenLayer:
     model_dir = f"{MODELS_ROOT}/{manifest.id}"
-    subdirs = {f"{model_dir}/{d}" for f in locked_files(manifest) for d in _dirs_of(f.path)}
+    subdirs = {f"{model_dir}/{d}" for f in locked_files(manifest) for d in parent_dirs(f.path)}
     entry = LayerEntry(f"{MODELS_ROOT}/{manifest.id}.manifest.yaml", data=text)
     return write_layer(layout, [entry], OWNER, dirs={MODELS_ROOT, model_dir, *subdirs})
-
-
-def _dirs_of(path: str) -> list[str]:
-    parts = path.split("/")[:-1]
-    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 def _new_config(
@@ -189,18 +204,26 @@ def _new_config(
     # Uncompressed layers: the diff ID is the blob's own digest.
     rootfs["diff_ids"] = list(rootfs.get("diff_ids", [])) + [d.digest for d in layers]
     config["rootfs"] = rootfs
-    history = list(config.get("history") or [])
-    for descriptor in layers:
-        history.append(
-            {"created": EPOCH, "created_by": f"zarf-vllm image {manifest.id} ({descriptor.size} B)"}
-        )
-    config["history"] = history
+    if config.get("history"):  # one entry per layer, or none at all
+        config["history"] = list(config["history"]) + [
+            {"created": EPOCH, "created_by": f"zarf-vllm image {manifest.id} ({d.size} bytes)"}
+            for d in layers
+        ]
     return config
 
 
+@dataclass(frozen=True)
+class ModelImage:
+    ref: str  # its name in the layout and the Docker tag
+    config_digest: str  # the image ID in the Docker engine
+    manifest_digest: str | None  # None when the base layers stayed in the engine
+    weight_layers: dict[str, str]  # weight file path -> layer digest
+    layers: list[Descriptor | None]  # every layer, base first; None: held by the engine
+    layout: Path | None = None  # the OCI layout directory, if kept
+
+
 def assemble(
-    base: Layout,
-    base_ref: str | None,
+    base: BaseImage,
     manifest: ModelManifest,
     manifest_text: bytes,
     weights: Path,
@@ -209,43 +232,38 @@ def assemble(
     *,
     workers: int | None = None,
 ) -> ModelImage:
-    """Writes the model image into a new OCI layout at `out` and names it `ref` there."""
+    """Writes the new layers and config into a new OCI layout at `out`, and, when every base
+    layer's blob is known, the image manifest and an index naming it `ref`."""
     check_sizes(weights, locked_files(manifest))
     layout = Layout.create(out)
-    base_manifest_descriptor = base.find(base_ref)
-    base_manifest = base.read_json(base_manifest_descriptor)
-    base_config = base.read_json(Descriptor.from_json(base_manifest["config"]))
-    base_layers = [Descriptor.from_json(d) for d in base_manifest["layers"]]
-    for descriptor in base_layers:
-        layout.adopt_blob(base, descriptor)
-
+    if base.layout is not None:
+        for descriptor in base.layers:
+            if descriptor is not None:
+                layout.adopt_blob(base.layout, descriptor)
     head = _manifest_layer(layout, manifest, manifest_text)
     weight_layers = _weight_layers(layout, manifest, weights, workers or default_workers())
-    ordered = [head] + [weight_layers[p] for p in sorted(weight_layers)]
-    new_layers = [layer.descriptor for layer in ordered]
-
-    config = layout.write_json(_new_config(base_config, manifest, new_layers), CONFIG_MEDIA_TYPE)
-    image_manifest = {
-        "schemaVersion": 2,
-        "mediaType": MANIFEST_MEDIA_TYPE,
-        "config": config.to_json(),
-        "layers": [d.to_json() for d in base_layers + new_layers],
-        "annotations": {"org.opencontainers.image.created": EPOCH},
-    }
-    manifest_descriptor = layout.write_json(image_manifest, MANIFEST_MEDIA_TYPE)
-    named = Descriptor(
-        manifest_descriptor.media_type,
-        manifest_descriptor.digest,
-        manifest_descriptor.size,
-        {REF_NAME: ref},
-    )
-    layout.write_index([named])
+    new_layers = [head.descriptor] + [weight_layers[p].descriptor for p in sorted(weight_layers)]
+    config = layout.write_json(_new_config(base.config, manifest, new_layers), CONFIG_MEDIA_TYPE)
+    layers = [*base.layers, *new_layers]
+    manifest_digest = None
+    if all(layer is not None for layer in layers):
+        image_manifest = {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "config": config.to_json(),
+            "layers": [d.to_json() for d in layers if d is not None],
+            "annotations": {"org.opencontainers.image.created": EPOCH},
+        }
+        written = layout.write_json(image_manifest, MANIFEST_MEDIA_TYPE)
+        layout.write_index([replace(written, annotations={REF_NAME: ref})])
+        manifest_digest = written.digest
     return ModelImage(
-        layout=out,
         ref=ref,
-        manifest_digest=manifest_descriptor.digest,
         config_digest=config.digest,
+        manifest_digest=manifest_digest,
         weight_layers={p: layer.descriptor.digest for p, layer in weight_layers.items()},
+        layers=layers,
+        layout=out,
     )
 
 
@@ -270,33 +288,33 @@ def build_model_image(
 ) -> ModelImage:
     """Builds the model image of `manifest` from `weights` on `base` and names it `tag`.
 
-    `layout_dir` keeps the OCI layout (else a temporary one is used and removed);
-    `oci_archive` also writes it as one OCI archive (Zarf `imageArchives`); `load` copies it
-    into the local Docker engine with skopeo. Raises `FileVerificationError` naming the file
-    when a weight does not match the manifest, `ImageError` for base image or tool problems.
+    `load` puts it into the local Docker engine (`docker load`, sending only the new layers
+    when the base is the engine's); `oci_archive` also writes it as one OCI archive (Zarf
+    `imageArchives`) and `layout_dir` keeps its OCI layout, both of which need the base
+    layers' bytes (exported from the engine once per base image, then cached). Raises
+    `FileVerificationError` naming the file when a weight does not match the manifest,
+    `ImageError` for base image, engine or tool problems.
     """
     weights = Path(weights)
+    need_blobs = oci_archive is not None or layout_dir is not None
     with tempfile.TemporaryDirectory(prefix="model-image-", dir=_work_dir(layout_dir)) as tmp:
         work = Path(tmp)
-        base_layout, base_ref = open_base(base, work)
+        base_image = open_base(base, work, need_blobs=need_blobs)
         out = work / "image"  # renamed to layout_dir only once complete
         log(f"writing {len(manifest.files or [])} weight layers for {tag}")
         image = assemble(
-            base_layout,
-            base_ref,
-            manifest,
-            manifest_path.read_bytes(),
-            weights,
-            out,
-            tag,
-            workers=workers,
+            base_image, manifest, manifest_path.read_bytes(), weights, out, tag, workers=workers
         )
         if oci_archive is not None:
             oci_archive.parent.mkdir(parents=True, exist_ok=True)
             write_archive(Layout(out), oci_archive)
             log(f"wrote {oci_archive}")
         if load:
-            _run(["skopeo", "copy", "--quiet", f"oci:{out}:{tag}", f"docker-daemon:{tag}"])
+            config = Descriptor(CONFIG_MEDIA_TYPE, image.config_digest, 0)
+            try:
+                image_loading.load(Layout(out), config, image.layers, tag)
+            except image_loading.DockerError as exc:
+                raise ImageError(str(exc)) from exc
             log(f"loaded {tag} into the Docker engine")
         if layout_dir is not None:
             shutil.rmtree(layout_dir, ignore_errors=True)
@@ -305,8 +323,8 @@ def build_model_image(
 
 
 def _work_dir(layout_dir: Path | None) -> str | None:
-    """Temporary files next to the output, so blobs move by rename, not copy."""
+    """Temporary files next to the output, so the layout moves into place by a rename."""
     if layout_dir is None:
-        return os.environ.get("TMPDIR")
+        return None
     layout_dir.parent.mkdir(parents=True, exist_ok=True)
     return str(layout_dir.parent)

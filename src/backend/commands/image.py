@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     except (ManifestError, WeightsError, ImageError, OSError) as exc:
         raise CommandError(str(exc)) from exc
     print(
-        f"image: {tag} {image.manifest_digest} ({len(image.weight_layers)} weight layers) "
+        f"image: {tag} id {image.config_digest} ({len(image.weight_layers)} weight layers) "
         f"in {time.monotonic() - start:.1f}s",
         file=sys.stderr,
     )
