@@ -23,6 +23,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -79,16 +80,18 @@ class Variable:
     description: str
 
 
+def load_yaml(text: str) -> Any:
+    """yaml.safe_load, with libyaml's parser where PyYAML has it (the values run to 20 kB)."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 @dataclass(frozen=True)
 class Rendered:
-    """One object as Helm would apply it: the template it came from, and its YAML."""
+    """One object as Helm would apply it: the template it came from, its YAML, parsed."""
 
     source: str
     text: str
-
-    @property
-    def object(self) -> dict:
-        return yaml.safe_load(self.text)
+    object: dict
 
 
 def default_package_name(manifest_id: str) -> str:
@@ -107,7 +110,7 @@ def fill_package_templates(text: str, values: Mapping[str, str]) -> str:
 
 def load_package(path: Path, templates: Mapping[str, str], flavor: str) -> dict:
     """zarf.yaml with its templates filled and only the components of one flavor."""
-    package = yaml.safe_load(fill_package_templates(path.read_text(), templates))
+    package = load_yaml(fill_package_templates(path.read_text(), templates))
     package["components"] = [
         c for c in package["components"] if c.get("only", {}).get("flavor") in (None, flavor)
     ]
@@ -178,8 +181,9 @@ def render_chart(chart_dir: Path, values: dict, release: str, namespace: str) ->
         if source.endswith("NOTES.txt"):
             continue
         for document in re.split(r"^---\s*$", text, flags=re.MULTILINE):
-            if yaml.safe_load(document):
-                objects.append(Rendered(source, document.strip("\n") + "\n"))
+            obj = load_yaml(document)
+            if isinstance(obj, dict):
+                objects.append(Rendered(source, document.strip("\n") + "\n", obj))
     return sorted(objects, key=_install_rank)
 
 
@@ -236,20 +240,22 @@ def preview(
                     text = rendered_values or render_values(manifest, flavor=flavor)
                 else:
                     text = (root / path).read_text()
-                merged = deep_merge(merged, yaml.safe_load(substitute(text, values)) or {})
+                merged = deep_merge(merged, load_yaml(substitute(text, values)) or {})
             for item in render_chart(
                 root / chart["localPath"],
                 merged,
                 chart.get("releaseName", chart["name"]),
                 chart["namespace"],
             ):
-                objects.append(Rendered(item.source, substitute(item.text, values)))
+                text = substitute(item.text, values)
+                obj = item.object if text == item.text else load_yaml(text)
+                objects.append(Rendered(item.source, text, obj))
     return Preview(objects, values, unknown, flavor)
 
 
 def _flavor(sets: Mapping[str, str], rendered_values: str | None) -> str:
     """The package flavor: that of a prebuilt values file, else the one PROFILE needs."""
     if rendered_values is not None:
-        return str(yaml.safe_load(rendered_values)["flavor"])
+        return str(load_yaml(rendered_values)["flavor"])
     profile = next((v for k, v in sets.items() if k.upper() == "PROFILE"), "")
     return "cpu" if profile in ("", "cpu") else "cuda"
