@@ -197,3 +197,24 @@ def test_render_values_script(tmp_path) -> None:
         [sys.executable, "-m", "backend", "values", "nope"], capture_output=True, text=True
     )
     assert bad.returncode == 1 and "no manifest 'nope'" in bad.stderr
+
+
+def test_docs_list_every_profile_and_variable_and_the_current_fit_table() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme[
+        readme.index("<!-- section:profiles -->") : readme.index("<!-- /section:profiles -->")
+    ]
+    doc = (REPO / "docs" / "profiles.md").read_text()
+    variables = [v["name"] for v in yaml.safe_load((REPO / "zarf.yaml").read_text())["variables"]]
+    for name in REQUIRED:
+        assert f"`{name}`" in doc, name
+        stem = name.rsplit("-x", 1)[0] if "-x" in name else name
+        assert f"`{stem}" in section, name
+    for name in variables:
+        assert f"`{name}`" in doc and f"`{name}`" in section, name
+    assert "zarf package deploy" in section and "uds-config.yaml" in section
+    from backend.profiles import fit_table
+
+    assert fit_table(CATALOG, PROFILES) in doc, (
+        "docs/profiles.md's fit table is stale: paste `scripts/render-values --table`"
+    )

@@ -379,9 +379,8 @@ def fit_table(catalog: Sequence[ModelManifest], profiles: Sequence[Profile]) -> 
         for outcome in outcomes(model, sized):
             fit = outcome.fit
             cells.append(f"TP {fit.tensor_parallel_size} / {fit.max_model_len}" if fit else "no")
-        lines.append(
-            f"| {manifest.id} | {sizing.gib(model.weight_bytes)} GiB | " + " | ".join(cells) + " |"
-        )
+        weights = f"{model.weight_bytes / sizing.GIB:.2f} GiB"
+        lines.append(f"| {manifest.id} | {weights} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
