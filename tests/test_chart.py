@@ -76,6 +76,13 @@ def assert_agrees(result: Preview, fit: Fit) -> None:
     kv = "none" if fit.kv_capacity_tokens is None else str(fit.kv_capacity_tokens)
     assert pod["metadata"]["annotations"]["zarf-vllm/kv-cache-tokens"] == kv
     assert pod["metadata"]["labels"]["zarf-vllm/profile"] == fit.profile
+    if fit.gpus:
+        term = pod["spec"]["affinity"]["nodeAffinity"][
+            "preferredDuringSchedulingIgnoredDuringExecution"
+        ]
+        assert term[0]["preference"]["matchExpressions"][0]["values"] == [
+            str(fit.gpu_memory_mib - 1)
+        ]
     shm = [v for v in pod["spec"]["volumes"] if v["name"] == "dshm"]
     if fit.shm_gib:
         assert shm == [

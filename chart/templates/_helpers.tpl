@@ -72,10 +72,7 @@ NODE_SELECTOR and TOLERATIONS added and RUNTIME_CLASS replacing ("none" drops it
 {{- $runtimeClass := $p.scheduling.runtimeClassName | default "" -}}
 {{- $override := toString ($o.runtimeClass | default "") -}}
 {{- if eq $override "none" }}{{ $runtimeClass = "" }}{{ else if $override }}{{ $runtimeClass = $override }}{{ end -}}
-{{- $memoryMib := 0 -}}
-{{- if hasKey $o "gpuMemoryGib" }}{{ if $o.gpuMemoryGib }}{{ $memoryMib = mul (atoi (toString $o.gpuMemoryGib)) 1024 }}{{ end }}{{ end -}}
-{{- if and (eq $memoryMib 0) (hasKey $p.gpu "memoryMib") }}{{ $memoryMib = int64 $p.gpu.memoryMib }}{{ end -}}
-{{- dict "nodeSelector" $nodeSelector "tolerations" $tolerations "runtimeClassName" $runtimeClass "gpuMemoryMib" $memoryMib | toJson -}}
+{{- dict "nodeSelector" $nodeSelector "tolerations" $tolerations "runtimeClassName" $runtimeClass | toJson -}}
 {{- end -}}
 
 {{/*

@@ -201,7 +201,7 @@ Helm before anything is applied.
 {{- $hostCpu := int64 $p.host.cpu -}}
 {{- if hasKey $o "hostCpu" }}{{ $hostCpu = int64 $o.hostCpu }}{{ end -}}
 {{- dict
-  "profile" .name "model" $m.id "gpus" 0 "tensorParallelSize" 1 "dtype" $dtype
+  "profile" .name "model" $m.id "gpus" 0 "gpuMemoryMib" 0 "tensorParallelSize" 1 "dtype" $dtype
   "kvCacheDtype" "auto" "utilPermille" (int64 $p.engine.gpuMemoryUtilizationPermille)
   "maxModelLen" (int64 $maxModelLen) "maxNumSeqs" $cb.seqs "maxNumBatchedTokens" $cb.batched
   "enforceEager" $p.engine.enforceEager "cpuKvcacheGib" $kvGib "kvBytesPerToken" $kvBytes
@@ -307,7 +307,7 @@ Helm before anything is applied.
 {{- $hostCpu := mul $p.host.cpu $tp -}}
 {{- if hasKey $o "hostCpu" }}{{ $hostCpu = int64 $o.hostCpu }}{{ end -}}
 {{- dict
-  "profile" $name "model" $m.id "gpus" $tp "tensorParallelSize" $tp "dtype" "auto"
+  "profile" $name "model" $m.id "gpus" $tp "gpuMemoryMib" $memoryMib "tensorParallelSize" $tp "dtype" "auto"
   "kvCacheDtype" $kvDtype "utilPermille" $util
   "maxModelLen" (int64 $maxModelLen) "maxNumSeqs" $cb.seqs "maxNumBatchedTokens" $cb.batched
   "enforceEager" $p.engine.enforceEager "cpuKvcacheGib" nil "kvBytesPerToken" $kvBytes

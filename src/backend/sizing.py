@@ -202,6 +202,7 @@ class Fit:
     profile: str
     model: str
     gpus: int
+    gpu_memory_mib: int  # of each GPU, as sized (0 on the CPU)
     tensor_parallel_size: int
     dtype: str
     kv_cache_dtype: str
@@ -470,6 +471,7 @@ def _size_gpu(model: ModelFacts, hardware: Hardware, overrides: Overrides) -> Fi
         profile=hardware.name,
         model=model.id,
         gpus=tp,
+        gpu_memory_mib=memory_mib,
         tensor_parallel_size=tp,
         dtype="auto",
         kv_cache_dtype=kv_dtype,
@@ -517,6 +519,7 @@ def _size_cpu(model: ModelFacts, hardware: Hardware, overrides: Overrides) -> Fi
         profile=hardware.name,
         model=model.id,
         gpus=0,
+        gpu_memory_mib=0,
         tensor_parallel_size=1,
         dtype=dtype,
         kv_cache_dtype="auto",
