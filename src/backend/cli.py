@@ -17,6 +17,7 @@ from . import __version__
 # The order is the order `--help` lists them in.
 COMMAND_MODULES = (
     "backend.commands.serve",
+    "backend.commands.chat",
     "backend.commands.pull",
     "backend.commands.verify",
     "backend.commands.lock",

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -24,6 +26,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if record.processName != "MainProcess":
+            entry["process"] = record.processName  # vLLM's engine core and workers
         fields = getattr(record, "fields", None)
         if fields:
             entry.update(fields)
@@ -40,6 +44,37 @@ def configure_logging(level: str) -> logging.Logger:
     logger.setLevel(level)
     logger.propagate = False
     return logger
+
+
+def configure_engine_logging(level: str) -> None:
+    """Makes vLLM log the same JSON lines on stderr, in this process and the engine's.
+
+    vLLM reads VLLM_LOGGING_CONFIG_PATH when it is first imported (here and in the engine core
+    process it spawns), so this runs before anything imports vllm. An operator's own
+    VLLM_LOGGING_CONFIG_PATH is left alone.
+    """
+    if os.environ.get("VLLM_LOGGING_CONFIG_PATH"):
+        return
+    level = os.environ.get("VLLM_LOGGING_LEVEL", level).upper()
+    config = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "loggers": {"vllm": {"handlers": ["stderr"], "level": level, "propagate": False}},
+    }
+    # Under /tmp, the one writable place in the container.
+    with tempfile.NamedTemporaryFile(
+        "w", prefix="vllm-logging-", suffix=".json", delete=False
+    ) as f:
+        json.dump(config, f)
+    os.environ["VLLM_LOGGING_CONFIG_PATH"] = f.name
 
 
 def get_logger(name: str = "") -> logging.Logger:

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     from ..config import ConfigError, load_model_manifest, load_settings
-    from ..logs import configure_logging
+    from ..logs import configure_engine_logging, configure_logging
     from ..runtime import check_model_directory, verify_weights
 
     try:
@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise CommandError(str(exc), exit_code=2) from exc
     configure_logging(settings.server.log_level)
+    configure_engine_logging(settings.server.log_level)
 
     from ..server import run as run_server
 
