@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .oci_layout import COPY_BUFFER, Descriptor, Layout
+from .oci_layout import COPY_BUFFER, CountingWriter, Descriptor, Layout
 
 # The keys of an image config's "config" object (OCI image spec, plus Docker's additions);
 # `docker image inspect` also shows container-only fields (Hostname, Tty, ...).
@@ -113,7 +113,9 @@ def load(
     try:
         with (
             os.fdopen(write_fd, "wb") as pipe,
-            tarfile.open(fileobj=pipe, mode="w|", copybufsize=COPY_BUFFER) as tar,
+            tarfile.open(
+                fileobj=CountingWriter(pipe, digest=False), mode="w", copybufsize=COPY_BUFFER
+            ) as tar,
         ):
             _add_bytes(tar, "manifest.json", json.dumps(manifest).encode())
             _add_bytes(tar, "config.json", config_bytes)

@@ -147,16 +147,22 @@ class Owner:
     mtime: int = 0
 
 
-class _DigestWriter:
-    """A write-only file that hashes (and counts) what passes through it."""
+class CountingWriter:
+    """A write-only file that counts (and, with `digest`, hashes) what passes through it.
 
-    def __init__(self, out: BinaryIO) -> None:
+    tarfile's plain "w" mode needs only write() and tell() of it, and works on a pipe this
+    way. (Its stream mode "w|" re-slices its buffer on every write: quadratic in the chunk
+    size, several times slower on multi-GB files.)
+    """
+
+    def __init__(self, out: BinaryIO, digest: bool = True) -> None:
         self._out = out
-        self.digest = hashlib.sha256()
+        self.digest = hashlib.sha256() if digest else None
         self.size = 0
 
     def write(self, data: bytes) -> int:
-        self.digest.update(data)
+        if self.digest is not None:
+            self.digest.update(data)
         self.size += len(data)
         return self._out.write(data)
 
@@ -221,14 +227,15 @@ def write_layer(
     hashes: dict[str, str] = {}
     try:
         with open(tmp, "wb") as raw:
-            out = _DigestWriter(raw)
+            out = CountingWriter(raw)
             with tarfile.open(
-                fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, copybufsize=COPY_BUFFER
+                fileobj=out, mode="w", format=tarfile.PAX_FORMAT, copybufsize=COPY_BUFFER
             ) as tar:
                 for directory in all_dirs:
                     tar.addfile(_info(directory + "/", tarfile.DIRTYPE, 0o755, owner))
                 for entry in sorted(entries, key=lambda e: e.path):
                     hashes[entry.path] = _add_entry(tar, entry, owner)
+        assert out.digest is not None
         digest = "sha256:" + out.digest.hexdigest()
         os.replace(tmp, layout.blob_path(digest))
     finally:
