@@ -133,7 +133,22 @@ def _engine_export(ref: str, image_id: str) -> Layout:
             _run(["skopeo", "copy", "--quiet", f"{ENGINE}{ref}", f"oci:{tmp}/layout:base"])
             shutil.rmtree(target, ignore_errors=True)
             (Path(tmp) / "layout").rename(target)
+        _prune(target.parent, keep=BASE_EXPORTS_KEPT)
     return Layout(target)
+
+
+BASE_EXPORTS_KEPT = 2
+
+
+def _prune(directory: Path, keep: int) -> None:
+    """Drops all but the `keep` newest exports: each rebuild of the backend image is a new ID."""
+    exports = sorted(
+        (p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("tmp")),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in exports[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def open_base(base: str, work: Path, *, need_blobs: bool) -> BaseImage:
