@@ -22,8 +22,14 @@ _WORK_NAME = "gguf"
 
 
 def build(wheel: Path, source: RecipeSource, out: Path) -> None:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:
+        raise RecipeError(
+            f"recipe {source.recipe} needs torch, transformers, gguf and accelerate "
+            f"(the project's `demo` extra; scripts/setup installs it): {exc}"
+        ) from exc
 
     gguf_name = Path(source.member).name
     with tempfile.TemporaryDirectory() as tmp:
