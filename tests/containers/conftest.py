@@ -1,0 +1,125 @@
+"""Fixtures of the container tests: the images as the project's scripts build them, and the
+demo model's image started with the chart's container settings, reachable only through a port
+published on 127.0.0.1.
+
+Everything is built and started once per session: the backend image (scripts/build-images,
+cached by the engine's layer cache), the demo weights (scripts/pull, cached), the model image
+(scripts/image) and one served container that the tests share; the last test stops it.
+"""
+
+from __future__ import annotations
+
+import os
+
+# testcontainers' reaper (Ryuk) is an image from a registry, and no registry is reachable
+# from the build hosts; these fixtures remove their own containers instead.
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from container_deployment import ROOT, BackendContainer, backend_container, preview_objects
+from container_serving import (
+    DEMO_MODEL,
+    RELAY_SOCKET,
+    REPORT,
+    ServedBackend,
+    image_size,
+    relay,
+    run_step,
+    wait_serving,
+)
+from testcontainers.core.container import DockerContainer
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if REPORT:
+        terminalreporter.section("container tests: images and timings")
+        for key, value in REPORT.items():
+            terminalreporter.write_line(f"{key}: {value}")
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> None:
+    run_step("docker engine", [str(ROOT / "scripts/docker-engine")], 600)
+
+
+@pytest.fixture(scope="session")
+def backend_image(docker_engine: None) -> str:
+    tag = run_step(
+        "backend image build", [str(ROOT / "scripts/build-images"), "--flavor", "cpu"], 3600
+    )
+    REPORT["backend image size"] = image_size(tag)
+    return tag
+
+
+@pytest.fixture(scope="session")
+def demo_weights() -> Path:
+    return Path(run_step("demo weights", [str(ROOT / "scripts/pull"), DEMO_MODEL], 1800))
+
+
+@pytest.fixture(scope="session")
+def model_image(backend_image: str, demo_weights: Path) -> str:
+    tag = run_step(
+        "model image build",
+        [str(ROOT / "scripts/image"), DEMO_MODEL, "--flavor", "cpu",
+         "--base", backend_image, "--weights", str(demo_weights)],
+        1800,
+    )  # fmt: skip
+    REPORT["model image size"] = image_size(tag)
+    return tag
+
+
+@pytest.fixture(scope="session")
+def deployment() -> BackendContainer:
+    """The backend container of the Deployment the chart renders for the CPU profile."""
+    return backend_container(preview_objects("PROFILE=cpu"))
+
+
+@pytest.fixture(scope="session")
+def served_backend(
+    model_image: str,
+    backend_image: str,
+    deployment: BackendContainer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServedBackend]:
+    """The model image, run with the Deployment's settings and no network at all; the test
+    reaches it through two relays (container_relay.py) and a port published on 127.0.0.1."""
+    assert deployment.image == model_image, "the chart must run the model image built here"
+    work = tmp_path_factory.mktemp("served")
+    relay_dir = work / "relay"
+    relay_dir.mkdir()
+    relay_dir.chmod(0o777)  # the relays run as 65532
+    name = f"zarf-vllm-test-{uuid.uuid4().hex[:8]}"
+    port = deployment.grpc_port
+    model = deployment.testcontainer(model_image, work / "files", network_mode="none").with_name(
+        name
+    )
+    inner = relay(
+        backend_image, f"{name}-relay-in", relay_dir, ["unix", RELAY_SOCKET, str(port)],
+        network_mode=f"container:{name}",
+    )  # fmt: skip
+    outer = relay(backend_image, f"{name}-relay-out", relay_dir, ["tcp", str(port), RELAY_SOCKET])
+    outer.ports[f"{port}/tcp"] = ("127.0.0.1", None)  # docker-py: (host address, any port)
+    started: list[DockerContainer] = []
+    try:
+        start = time.monotonic()
+        for container in (model, inner, outer):
+            started.append(container.start())
+        published = outer.get_wrapped_container()
+        published.reload()
+        (binding,) = published.attrs["NetworkSettings"]["Ports"][f"{port}/tcp"]
+        assert binding["HostIp"] == "127.0.0.1"
+        address = f"127.0.0.1:{binding['HostPort']}"
+        statuses = wait_serving(address, model, deployment.startup_budget_s)
+        seconds = time.monotonic() - start
+        REPORT["docker run to SERVING, demo model (s)"] = f"{seconds:.1f}"
+        if deployment.notes:
+            REPORT["differences from the Deployment"] = "; ".join(deployment.notes)
+        yield ServedBackend(address, model, deployment, statuses, seconds)
+    finally:
+        for container in reversed(started):
+            container.stop()
