@@ -61,9 +61,11 @@ class ServedBackend:
         return self.model.get_wrapped_container()
 
     def exec_python(self, code: str) -> tuple[int, str]:
-        """Runs Python in the serving container, as its user."""
-        result = self.container.exec_run(["/opt/venv/bin/python", "-c", code])
-        return result.exit_code, result.output.decode()
+        """Runs Python in the serving container, as its user: (exit code, stdout), or the
+        exit code and stderr when it failed."""
+        result = self.container.exec_run(["/opt/venv/bin/python", "-c", code], demux=True)
+        stdout, stderr = (part.decode() if part else "" for part in result.output)
+        return result.exit_code, stdout if result.exit_code == 0 else stderr
 
 
 def health_status(address: str) -> str:
