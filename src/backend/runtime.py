@@ -141,6 +141,7 @@ def assemble(
         vocab_size=engine.facts.vocab_size,
         max_n=settings.limits.max_n,
         max_stop_sequences=settings.limits.max_stop_sequences,
+        per_request_seed=engine.facts.per_request_seed,
     )
     runtime.engine = engine
     runtime.generator = Generator(

