@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 from container_serving import ServedBackend, health_status
+from docker.models.containers import Container
 
 from backend.proto.chat import chat_pb2, chat_pb2_grpc
 
@@ -150,6 +151,15 @@ def test_it_serves_with_no_route_out(served_backend: ServedBackend) -> None:
     assert response.usage.completion_tokens > 0
 
 
+def log_events(container: Container, message: str) -> list[dict]:
+    """The server's JSON log events with this message."""
+    events = []
+    for line in container.logs().decode(errors="replace").splitlines():
+        if line.startswith("{") and f'"{message}"' in line:
+            events.append(json.loads(line))
+    return events
+
+
 def eos_token_id(weights: Path) -> int:
     return int(json.loads((weights / "generation_config.json").read_text())["eos_token_id"])
 
@@ -190,6 +200,8 @@ def test_docker_stop_drains_an_in_flight_stream(
             last = chunk
     stopper.join(timeout=served_backend.spec.termination_grace_s + 30)
     assert sum(1 for at in arrivals if at > stopped["at"]) > 0, "nothing arrived after SIGTERM"
+    # The server's own account: the stream was still in flight when SIGTERM came.
+    assert [e["in_flight"] for e in log_events(container, "stop requested; draining")] == [1]
     assert last.choices[0].finish_reason == chat_pb2.LENGTH
     assert last.usage.completion_tokens == tokens
     assert container.wait(timeout=60)["StatusCode"] == 0
