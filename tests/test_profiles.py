@@ -130,7 +130,7 @@ def test_rendered_values_hold_every_profile_and_the_model(manifest_id: str, flav
 
 def test_rendered_values_say_in_comments_what_fits() -> None:
     text = render_values(manifest("smollm2-135m-instruct"), flavor="cpu", catalog=CATALOG)
-    assert "# cpu: fits: TP 1, max_model_len 4096, KV cache 93206 tokens, 6 GiB host memory" in text
+    assert "# cpu: fits: TP 1, max_model_len 4096, KV cache 93206 tokens, 7 GiB host memory" in text
     assert "# custom: sized at deploy from GPU_COUNT and GPU_MEMORY_GIB" in text
 
 

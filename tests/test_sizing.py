@@ -189,9 +189,11 @@ def test_the_usable_context_is_the_models_own_when_shorter() -> None:
     assert fit.max_num_batched_tokens >= fit.max_model_len  # no chunked prefill for pooling
 
 
-def test_dev_shm_only_with_tensor_parallel_and_counted_in_host_memory() -> None:
+def test_dev_shm_with_tensor_parallel_or_on_the_cpu_and_counted_in_host_memory() -> None:
     single = size(LLAMA_8B, gpu())
     assert single.shm_gib == 0
+    on_cpu = size(SMOLLM2, CPU)
+    assert on_cpu.shm_gib == sizing.CPU_SHM_GIB == 1  # vLLM-CPU's executor queue needs 160 MiB
     split = size(LLAMA_70B, gpu(count=4, memory_mib=81559, util_permille=920))
     assert split.shm_gib == 4
     need = 141_107_412_992 + sizing.HOST_RUNTIME_BYTES + 4 * sizing.HOST_BYTES_PER_GPU_WORKER
@@ -223,12 +225,12 @@ def test_cpu_refuses_gpu_variables_quantizations_and_oversized_models() -> None:
     assert awq.max_model_len == 4096
     with pytest.raises(
         Refused,
-        match=r"needs 21 GiB of host memory on profile cpu \(14\.9 GiB weights .* more than "
+        match=r"needs 22 GiB of host memory on profile cpu \(14\.9 GiB weights .* more than "
         r"the 16 GiB",
     ):
         size(LLAMA_8B, CPU)
     assert size(LLAMA_8B, CPU, Overrides(host_memory_gib=24)).host_memory_gib == 24
-    with pytest.raises(Refused, match="HOST_MEMORY_GIB=8 is less than the 21 GiB"):
+    with pytest.raises(Refused, match="HOST_MEMORY_GIB=8 is less than the 22 GiB"):
         size(LLAMA_8B, CPU, Overrides(host_memory_gib=8))
     deep = dataclasses.replace(SMOLLM2, layers=300)  # 230400 bytes of KV per token
     with pytest.raises(

@@ -191,7 +191,7 @@ Helm before anything is applied.
 {{- end -}}
 {{- $activation := add (mul $cb.batched $m.hiddenSize $c.activationBytesPerTokenPerHidden) (mul $cb.seqs $m.vocabSize $c.samplerBytesPerSeqPerVocab) -}}
 {{- $runtime := add $c.hostRuntimeBytes $activation -}}
-{{- $hostMemory := include "zarf-vllm.hostMemory" (dict "root" .root "name" .name "m" $m "c" $c "p" $p "o" $o "runtime" $runtime "kvGib" $kvGib "shmGib" 0) -}}
+{{- $hostMemory := include "zarf-vllm.hostMemory" (dict "root" .root "name" .name "m" $m "c" $c "p" $p "o" $o "runtime" $runtime "kvGib" $kvGib "shmGib" (int64 $c.cpuShmGib)) -}}
 {{- $maxModelLen := 0 -}}
 {{- if hasKey $o "maxModelLen" -}}
 {{- $maxModelLen = int64 $o.maxModelLen -}}
@@ -205,7 +205,7 @@ Helm before anything is applied.
   "kvCacheDtype" "auto" "utilPermille" (int64 $p.engine.gpuMemoryUtilizationPermille)
   "maxModelLen" (int64 $maxModelLen) "maxNumSeqs" $cb.seqs "maxNumBatchedTokens" $cb.batched
   "enforceEager" $p.engine.enforceEager "cpuKvcacheGib" $kvGib "kvBytesPerToken" $kvBytes
-  "kvCapacityTokens" $capacity "shmGib" 0 "hostMemoryGib" (int64 $hostMemory)
+  "kvCapacityTokens" $capacity "shmGib" (int64 $c.cpuShmGib) "hostMemoryGib" (int64 $hostMemory)
   "hostCpu" $hostCpu "startupSeconds" (add $c.startupBaseSeconds (div $m.weightBytes $c.loadBytesPerSecond))
   | toJson -}}
 {{- end -}}

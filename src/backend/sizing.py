@@ -66,6 +66,11 @@ HOST_BYTES_PER_GPU_WORKER = 2 * GIB
 # counts toward the pod's memory.
 SHM_BYTES_PER_RANK = GIB
 
+# /dev/shm on the CPU, at any tensor-parallel size: vLLM-CPU always runs its multiprocess
+# executor (even with one rank), whose shared-memory message queue needs 160 MiB, and the
+# engine stops ("Insufficient space in /dev/shm") in the container runtime's 64 MiB default.
+CPU_SHM_GIB = 1
+
 # The startup probe's budget: imports, engine start, torch.compile and CUDA-graph capture,
 # warm-up (about 10 minutes on a slow node, all in the fixed part), plus reading the weights
 # from the node's disk at a conservative 200 MB/s (slow overlay storage; NVMe is 10x faster).
@@ -265,6 +270,7 @@ def constants() -> dict[str, object]:
         "hostRuntimeBytes": HOST_RUNTIME_BYTES,
         "hostBytesPerGpuWorker": HOST_BYTES_PER_GPU_WORKER,
         "shmBytesPerRank": SHM_BYTES_PER_RANK,
+        "cpuShmGib": CPU_SHM_GIB,
         "startupBaseSeconds": STARTUP_BASE_SECONDS,
         "loadBytesPerSecond": LOAD_BYTES_PER_SECOND,
         "probePeriodSeconds": PROBE_PERIOD_SECONDS,
@@ -531,8 +537,10 @@ def _size_cpu(model: ModelFacts, hardware: Hardware, overrides: Overrides) -> Fi
         cpu_kvcache_gib=kv_gib,
         kv_bytes_per_token=kv_bytes,
         kv_capacity_tokens=kv_capacity,
-        shm_gib=0,
-        host_memory_gib=_host_memory(model, hardware, overrides, runtime, kv_gib=kv_gib),
+        shm_gib=CPU_SHM_GIB,
+        host_memory_gib=_host_memory(
+            model, hardware, overrides, runtime, kv_gib=kv_gib, shm_gib=CPU_SHM_GIB
+        ),
         host_cpu=overrides.host_cpu or hardware.host_cpu,
         startup_seconds=startup_seconds(model),
     )
