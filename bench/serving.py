@@ -1,18 +1,22 @@
-"""Front-end cost of the gRPC backend, measured against vLLM's AsyncLLM alone in the same run.
+"""Front-end cost of the gRPC backend, against vLLM's AsyncLLM alone and vLLM's OpenAI server.
 
 One workload: N concurrent greedy streaming chats, each generating exactly --tokens tokens
-(EOS is banned with a logit bias), in waves. It runs, one after the other and with the same
-engine settings on the same model:
+(EOS is banned with a logit bias), in waves.
 
-  raw     AsyncLLM driven in-process (no server): the baseline, at the start and at the end
-  ours    `python -m backend serve`, driven over gRPC
-  openai  vLLM's own OpenAI-compatible server, driven over HTTP (SSE)
+On these 2-core machines, two engine processes started one after the other can differ by 40%
+in raw speed (where the OS places the engine core next to vLLM's pinned worker). So each server
+is measured against a baseline run *in its own process, on the same engine*: the process that
+hosts the server alternates waves driven straight into its AsyncLLM ("raw") with waves driven
+through the server by a client in another process ("served"). The ratio served/raw is then free
+of the placement noise. The systems:
 
-and prints tokens/s, time to first token p50/p99, each server's ratio to the baseline, and the
-resident memory of each server's front-end process (the engine core is a separate process in
-all three) over the raw engine's. These machines are noisy: read the ratios, not the absolutes.
+  ours    our gRPC server (BackendServer, asyncio loop, INFO request logs as in production)
+  openai  vLLM's own OpenAI-compatible server (its FastAPI app on uvloop, as `vllm serve` runs)
 
-    .venv/bin/python bench/serving.py [--concurrency 32 128] [--tokens 128] [--waves 3]
+Memory: the resident set of each server's front-end process (the engine core is a separate
+process in every case) minus that of a process holding only AsyncLLM.
+
+    .venv/bin/python bench/serving.py [--concurrency 32 128] [--tokens 128] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,153 +39,228 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
 ENGINE = {"enforce_eager": True, "dtype": "float32", "max_model_len": 1024, "seed": 0}
 KV_CACHE_GIB = "2"
-RESULT_PREFIX = "RESULT "
+RESULT = "RESULT "  # marks our lines on stdout, where vLLM may log too
 
 
 @dataclass
 class Wave:
-    concurrency: int
     tokens: int
     seconds: float
     ttfts: list[float]
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.seconds
+    client_cpu_s: float = 0.0  # CPU the client process used (0 for raw waves: no client)
+    host_cpu_s: float = 0.0  # CPU the process hosting the engine front end used
 
 
-@dataclass
-class Result:
-    system: str
-    concurrency: int
-    tokens_per_s: float
-    ttft_p50_ms: float
-    ttft_p99_ms: float
-    rss_mb: float
+def report_result(data: dict) -> None:
+    print(RESULT + json.dumps(data), flush=True)
 
 
-def summarize(system: str, waves: list[Wave], rss_mb: float) -> Result:
-    ttfts = sorted(t for w in waves for t in w.ttfts)
-    return Result(
-        system=system,
-        concurrency=waves[0].concurrency,
-        tokens_per_s=sum(w.tokens for w in waves) / sum(w.seconds for w in waves),
-        ttft_p50_ms=statistics.median(ttfts) * 1000,
-        ttft_p99_ms=ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))] * 1000,
-        rss_mb=rss_mb,
-    )
+def read_results(stdout: str) -> list[dict]:
+    return [
+        json.loads(line[len(RESULT) :]) for line in stdout.splitlines() if line.startswith(RESULT)
+    ]
 
 
 def prompt_text(i: int) -> str:
     return f"Tell me story number {i} about the capital of France."
 
 
-# -- the raw engine (run in a child process so its memory is measured like a server's) --------
-
-
-async def raw_engine(model: Path, concurrencies: list[int], tokens: int, waves: int) -> None:
+def rss_mb() -> float:
     import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+# -- the raw workload, straight into an AsyncLLM ------------------------------------------
+
+
+async def raw_wave(llm, concurrency: int, tokens: int, tag: str) -> Wave:
     from vllm import SamplingParams
-    from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.inputs.engine import tokens_input
     from vllm.sampling_params import RequestOutputKind
-    from vllm.v1.engine.async_llm import AsyncLLM
 
-    llm = AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(model), **ENGINE))
     tokenizer = llm.get_tokenizer()
+    params = SamplingParams(
+        max_tokens=tokens,
+        temperature=0,
+        logit_bias={tokenizer.eos_token_id: -100},
+        output_kind=RequestOutputKind.DELTA,
+    )
 
-    def params(i: int) -> SamplingParams:
-        return SamplingParams(
-            max_tokens=tokens,
-            temperature=0,
-            logit_bias={tokenizer.eos_token_id: -100},
-            output_kind=RequestOutputKind.DELTA,
-        )
-
-    def prompt_ids(i: int) -> list[int]:
+    async def one(i: int) -> tuple[float, int]:
+        started = time.perf_counter()
         messages = [{"role": "user", "content": prompt_text(i)}]
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return tokenizer.encode(text, add_special_tokens=False)
-
-    async def one(i: int, wave: str) -> tuple[float, int]:
-        started = time.perf_counter()
+        ids = tokenizer.encode(text, add_special_tokens=False)
         first, count = None, 0
-        async for out in llm.generate(tokens_input(prompt_ids(i)), params(i), f"{wave}-{i}"):
+        async for out in llm.generate(tokens_input(ids), params, f"{tag}-{i}"):
             if out.outputs[0].text:  # the first token a client could show
                 first = first or time.perf_counter()
             count += len(out.outputs[0].token_ids)
         return (first or started) - started, count
 
+    started = time.perf_counter()
+    done = await asyncio.gather(*(one(i) for i in range(concurrency)))
+    return Wave(sum(c for _, c in done), time.perf_counter() - started, [t for t, _ in done])
+
+
+async def alternate(
+    llm,
+    served_wave: Callable[[int], Awaitable[Wave]],
+    concurrencies: list[int],
+    tokens: int,
+    rounds: int,
+) -> None:
+    """raw, served, raw, served...: the first pair warms up and is not counted."""
     for concurrency in concurrencies:
-        results = []
-        for wave in range(waves + 1):  # the first wave warms up and is not counted
-            started = time.perf_counter()
-            done = await asyncio.gather(
-                *(one(i, f"{concurrency}-{wave}") for i in range(concurrency))
-            )
-            seconds = time.perf_counter() - started
-            if wave:
-                results.append(
-                    Wave(concurrency, sum(c for _, c in done), seconds, [t for t, _ in done])
-                )
-        rss = psutil.Process().memory_info().rss / 2**20
-        summary = {"waves": [asdict(w) for w in results], "rss_mb": rss}
-        print(RESULT_PREFIX + json.dumps(summary), flush=True)  # vLLM logs to stdout too
+        raw, served = [], []
+        for round_ in range(rounds + 1):
+            cpu = time.process_time()
+            r = await raw_wave(llm, concurrency, tokens, f"raw-{concurrency}-{round_}")
+            r.host_cpu_s, cpu = time.process_time() - cpu, time.process_time()
+            s = await served_wave(concurrency)
+            s.host_cpu_s = time.process_time() - cpu
+            if round_:
+                raw.append(asdict(r))
+                served.append(asdict(s))
+        report_result(
+            {"concurrency": concurrency, "raw": raw, "served": served, "rss_mb": rss_mb()}
+        )
+
+
+async def client_wave(role: str, address: str, concurrency: int, tokens: int) -> Wave:
+    """One wave from a client in its own process, as a real client would be."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--role", role, "--address", address,
+        "--concurrency", str(concurrency), "--tokens", str(tokens),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, _ = await process.communicate()
+    if process.returncode:
+        raise RuntimeError(f"{role} failed with exit code {process.returncode}")
+    return Wave(**read_results(stdout.decode())[0])
+
+
+# -- hosts: one engine process each ---------------------------------------------------------
+
+
+async def host_raw(model: Path, concurrencies: list[int], tokens: int, rounds: int) -> None:
+    """AsyncLLM alone: the memory baseline."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    llm = AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(model), **ENGINE))
+    for concurrency in concurrencies:
+        for round_ in range(rounds + 1):
+            await raw_wave(llm, concurrency, tokens, f"raw-{concurrency}-{round_}")
+    report_result({"rss_mb": rss_mb()})
     llm.shutdown()
 
 
-def run_raw(model: Path, concurrencies: list[int], tokens: int, waves: int) -> list[Result]:
-    command = [
-        sys.executable,
-        __file__,
-        "--role",
-        "raw",
-        "--model",
-        str(model),
-        "--tokens",
-        str(tokens),
-        "--waves",
-        str(waves),
-        "--concurrency",
-        *map(str, concurrencies),
-    ]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": KV_CACHE_GIB, "VLLM_LOGGING_LEVEL": "WARNING"}
-    output = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    if output.returncode:
-        raise RuntimeError(output.stderr[-3000:])
-    results = []
-    for line in output.stdout.splitlines():
-        if not line.startswith(RESULT_PREFIX):
-            continue
-        data = json.loads(line[len(RESULT_PREFIX) :])
-        results.append(summarize("raw", [Wave(**w) for w in data["waves"]], data["rss_mb"]))
-    return results
+async def host_ours(model: Path, concurrencies: list[int], tokens: int, rounds: int) -> None:
+    from backend.config import Settings
+    from backend.logs import configure_logging
+    from backend.offline import force_offline
+    from backend.server import BackendServer
+
+    force_offline()
+    configure_logging("INFO")
+    settings = Settings.model_validate(
+        {
+            "model": {"path": str(model)},
+            "engine": {**ENGINE, "cpu_kvcache_space_gib": int(KV_CACHE_GIB)},
+            "limits": {"max_in_flight": 4096},
+            "server": {
+                "host": "127.0.0.1",
+                "port": 0,
+                "metrics_port": None,
+                "stream_interval_ms": float(os.environ.get("BENCH_STREAM_INTERVAL_MS", "10")),
+            },
+        }
+    )
+    backend = BackendServer(settings, None)
+    await backend.start()
+    await backend.load()
+    address = f"127.0.0.1:{backend.port}"
+    llm = backend.runtime.require_engine()._llm
+    await alternate(
+        llm,
+        lambda n: client_wave("grpc-client", address, n, tokens),
+        concurrencies,
+        tokens,
+        rounds,
+    )
+    await backend.server.stop(None)
+    llm.shutdown()
 
 
-# -- ours, over gRPC ------------------------------------------------------------------------
+async def host_openai(model: Path, concurrencies: list[int], tokens: int, rounds: int) -> None:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.entrypoints.launchers.api_server.entry import build_and_serve
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.entrypoints.launchers.launcher import setup_server
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    argv = ["--model", str(model), "--served-model-name", "bench", "--host", "127.0.0.1",
+            "--port", "0", "--enforce-eager", "--dtype", ENGINE["dtype"],
+            "--max-model-len", str(ENGINE["max_model_len"]), "--seed", "0",
+            "--disable-uvicorn-access-log"]  # fmt: skip
+    args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
+    llm = AsyncLLM.from_engine_args(AsyncEngineArgs.from_cli_args(args))
+    listen_address, sock = setup_server(args, reuse_port=False)
+    port = sock.getsockname()[1]
+    # build_and_serve runs until the HTTP server stops: run it beside the measurements.
+    serving = asyncio.create_task(build_and_serve(llm, listen_address, sock, args))
+    await wait_for_http(f"http://127.0.0.1:{port}/health", serving)
+    await alternate(
+        llm,
+        lambda n: client_wave("http-client", f"127.0.0.1:{port}", n, tokens),
+        concurrencies,
+        tokens,
+        rounds,
+    )
+    serving.cancel()
+    llm.shutdown()
 
 
-async def drive_grpc(address: str, tokenizer_eos: int, concurrency: int, tokens: int) -> Wave:
+async def wait_for_http(url: str, serving: asyncio.Task) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        while not serving.done():
+            try:
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    serving.result()  # raises what stopped the server
+
+
+# -- clients: one wave each, cheap parsing so the client's own cost stays small ------------
+
+
+async def grpc_client(address: str, concurrency: int, tokens: int) -> Wave:
     import grpc
 
     from backend.proto.chat import chat_pb2
 
     async with grpc.aio.insecure_channel(address) as channel:
-        # Raw bytes in: the client parses only the last message (for usage), so its own cost
-        # stays small next to the server's.
+        # Raw bytes in: only the last message is parsed (for the usage).
         stream = channel.unary_stream(
             "/chat.ChatCompletionStreamService/ChatCompleteStream",
             request_serializer=chat_pb2.ChatCompletionRequest.SerializeToString,
             response_deserializer=None,
         )
+        eos = int(os.environ.get("BENCH_EOS", "0"))
 
         async def one(i: int) -> tuple[float, int]:
             request = chat_pb2.ChatCompletionRequest(
                 chat_items=[chat_pb2.ChatItem(role=chat_pb2.USER, content=prompt_text(i))],
-                max_new_tokens=tokens,
-                temperature=0,
-                logit_bias={str(tokenizer_eos): -100},
-            )
+                max_new_tokens=tokens, temperature=0, logit_bias={str(eos): -100},
+            )  # fmt: skip
             started = time.perf_counter()
             first, last = None, b""
             async for message in stream(request):
@@ -191,55 +271,21 @@ async def drive_grpc(address: str, tokenizer_eos: int, concurrency: int, tokens:
 
         started = time.perf_counter()
         done = await asyncio.gather(*(one(i) for i in range(concurrency)))
-        seconds = time.perf_counter() - started
-    return Wave(concurrency, sum(c for _, c in done), seconds, [t for t, _ in done])
+    return Wave(sum(c for _, c in done), time.perf_counter() - started, [t for t, _ in done])
 
 
-def run_ours(
-    model: Path, eos: int, concurrencies: list[int], tokens: int, waves: int
-) -> list[Result]:
-    import psutil
-    from backend_process import BackendProcess
-
-    settings = {
-        "engine": {**ENGINE, "cpu_kvcache_space_gib": int(KV_CACHE_GIB)},
-        "limits": {"max_in_flight": 1024},
-    }
-    with tempfile.TemporaryDirectory() as workdir:
-        backend = BackendProcess(model, Path(workdir), settings).start()
-        try:
-            backend.wait_serving()
-            results = []
-            for concurrency in concurrencies:
-                measured = [
-                    asyncio.run(drive_grpc(backend.address, eos, concurrency, tokens))
-                    for _ in range(waves + 1)
-                ][1:]
-                rss = psutil.Process(backend.process.pid).memory_info().rss / 2**20  # type: ignore[union-attr]
-                results.append(summarize("ours", measured, rss))
-            return results
-        finally:
-            backend.stop()
-
-
-# -- vLLM's OpenAI server, over HTTP --------------------------------------------------------
-
-
-async def drive_openai(port: int, eos: int, concurrency: int, tokens: int) -> Wave:
+async def http_client(address: str, concurrency: int, tokens: int) -> Wave:
     import aiohttp
 
-    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    url = f"http://{address}/v1/chat/completions"
+    eos = int(os.environ.get("BENCH_EOS", "0"))
 
     async def one(session: aiohttp.ClientSession, i: int) -> tuple[float, int]:
         body = {
-            "model": "bench",
-            "stream": True,
-            "max_tokens": tokens,
-            "temperature": 0,
+            "model": "bench", "stream": True, "max_tokens": tokens, "temperature": 0,
             "messages": [{"role": "user", "content": prompt_text(i)}],
-            "logit_bias": {str(eos): -100},
-            "stream_options": {"include_usage": True},
-        }
+            "logit_bias": {str(eos): -100}, "stream_options": {"include_usage": True},
+        }  # fmt: skip
         started = time.perf_counter()
         first, usage_line = None, b""
         async with session.post(url, json=body) as response:
@@ -247,127 +293,113 @@ async def drive_openai(port: int, eos: int, concurrency: int, tokens: int) -> Wa
                 if not line.startswith(b"data: {"):
                     continue
                 # The first chunk only announces the role; the first token comes after it.
-                if first is None and b'"content":""' not in line and b'"content":' in line:
+                if first is None and b'"content":"' in line and b'"content":""' not in line:
                     first = time.perf_counter()
                 if b'"usage":{' in line:
                     usage_line = line
         usage = json.loads(usage_line[len(b"data: ") :])["usage"]
         return (first or started) - started, usage["completion_tokens"]
 
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         started = time.perf_counter()
         done = await asyncio.gather(*(one(session, i) for i in range(concurrency)))
-        seconds = time.perf_counter() - started
-    return Wave(concurrency, sum(c for _, c in done), seconds, [t for t, _ in done])
+    return Wave(sum(c for _, c in done), time.perf_counter() - started, [t for t, _ in done])
 
 
-def run_openai(
-    model: Path, eos: int, concurrencies: list[int], tokens: int, waves: int
-) -> list[Result]:
-    import socket
-    import urllib.request
-
-    import psutil
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(model),
-        "--served-model-name",
-        "bench",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--enforce-eager",
-        "--dtype",
-        ENGINE["dtype"],
-        "--max-model-len",
-        str(ENGINE["max_model_len"]),
-        "--seed",
-        "0",
-    ]
-    env = {
-        **os.environ,
-        "VLLM_CPU_KVCACHE_SPACE": KV_CACHE_GIB,
-        "VLLM_LOGGING_LEVEL": "WARNING",
-        "HF_HUB_OFFLINE": "1",
-        "VLLM_NO_USAGE_STATS": "1",
-    }
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(server.stderr.read().decode()[-3000:])  # type: ignore[union-attr]
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1)
-        results = []
-        for concurrency in concurrencies:
-            measured = [
-                asyncio.run(drive_openai(port, eos, concurrency, tokens)) for _ in range(waves + 1)
-            ][1:]
-            rss = psutil.Process(server.pid).memory_info().rss / 2**20
-            results.append(summarize("openai", measured, rss))
-        return results
-    finally:
-        server.terminate()
-        server.wait(120)
+# -- the orchestrator ----------------------------------------------------------------------
 
 
-# -- report ---------------------------------------------------------------------------------
+def run_host(role: str, model: Path, eos: int, args: argparse.Namespace) -> list[dict]:
+    command = [sys.executable, __file__, "--role", role, "--model", str(model),
+               "--tokens", str(args.tokens), "--rounds", str(args.rounds),
+               "--concurrency", *map(str, args.concurrency)]  # fmt: skip
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": KV_CACHE_GIB, "VLLM_LOGGING_LEVEL": "WARNING",
+           "BENCH_EOS": str(eos), "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+           "BENCH_STREAM_INTERVAL_MS": str(args.stream_interval_ms)}  # fmt: skip
+    with tempfile.TemporaryFile("w+") as log:
+        result = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+        if result.returncode:
+            log.seek(0)
+            raise RuntimeError(f"{role} failed:\n{log.read()[-4000:]}")
+    return read_results(result.stdout)
 
 
-def report(raw: list[list[Result]], others: dict[str, list[Result]]) -> None:
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def summarize(waves: list[dict]) -> tuple[float, float, float]:
+    """tokens/s over all waves, TTFT p50 and p99 in ms."""
+    ttfts = [t for w in waves for t in w["ttfts"]]
+    tps = sum(w["tokens"] for w in waves) / sum(w["seconds"] for w in waves)
+    return tps, statistics.median(ttfts) * 1000, percentile(ttfts, 0.99) * 1000
+
+
+def client_share(waves: list[dict]) -> float:
+    """The client's CPU time over the waves' wall time: CPU the engine could not use."""
+    return sum(w["client_cpu_s"] for w in waves) / sum(w["seconds"] for w in waves)
+
+
+def cpu_per_token(waves: list[dict]) -> float:
+    """Microseconds of CPU in the engine's front-end process per generated token."""
+    return 1e6 * sum(w["host_cpu_s"] for w in waves) / sum(w["tokens"] for w in waves)
+
+
+def print_report(engine_only_rss: float, hosts: dict[str, list[dict]]) -> None:
     print(
-        "\nsystem   streams   tokens/s   ratio   TTFT p50 ms  (+added)   TTFT p99 ms"
-        "   front-end RSS MB (over raw)"
+        f"\n{'system':8} {'streams':>7} {'raw tok/s':>10} {'served':>8} {'ratio':>6}"
+        f" {'TTFT p50 raw':>13} {'served':>7} {'added':>7} {'p99 served':>11} {'RSS over raw':>13}"
+        f" {'client CPU':>11} {'host CPU/token raw':>19} {'served':>7}"
     )
-    for index, baselines in enumerate(zip(*raw, strict=True)):
-        base_tps = statistics.mean(b.tokens_per_s for b in baselines)
-        base_p50 = statistics.mean(b.ttft_p50_ms for b in baselines)
-        base_rss = statistics.mean(b.rss_mb for b in baselines)
-        for b in baselines:
-            ratio = b.tokens_per_s / base_tps
+    for name, results in hosts.items():
+        for r in results:
+            raw_tps, raw_p50, _ = summarize(r["raw"])
+            tps, p50, p99 = summarize(r["served"])
             print(
-                f"raw      {b.concurrency:7d}   {b.tokens_per_s:8.0f}   {ratio:5.3f}   "
-                f"{b.ttft_p50_ms:11.1f}              {b.ttft_p99_ms:11.1f}   {b.rss_mb:8.0f}"
+                f"{name:8} {r['concurrency']:7d} {raw_tps:10.0f} {tps:8.0f} {tps / raw_tps:6.3f}"
+                f" {raw_p50:11.1f}ms {p50:5.1f}ms {p50 - raw_p50:+5.1f}ms {p99:9.1f}ms"
+                f" {r['rss_mb'] - engine_only_rss:+10.0f} MB {client_share(r['served']):10.0%}"
+                f" {cpu_per_token(r['raw']):16.0f} us {cpu_per_token(r['served']):4.0f} us"
             )
-        for name, results in others.items():
-            r = results[index]
-            ratio = r.tokens_per_s / base_tps
-            added = r.ttft_p50_ms - base_p50
-            print(
-                f"{name:8s} {r.concurrency:7d}   {r.tokens_per_s:8.0f}   {ratio:5.3f}   "
-                f"{r.ttft_p50_ms:11.1f}  ({added:+7.1f})   {r.ttft_p99_ms:11.1f}   "
-                f"{r.rss_mb:8.0f} ({r.rss_mb - base_rss:+.0f})"
-            )
-    print("\nraw appears twice (first and last run); ratios are against the mean of the two.")
+    print(f"\nAsyncLLM-only process: {engine_only_rss:.0f} MB resident.")
+    print("ratio = served tokens/s / raw tokens/s, both measured in the same engine process.")
+    print("client CPU = the client process's CPU time over the wall time of its waves.")
+    print("host CPU/token = CPU of the process holding AsyncLLM (and the server), per token.")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--role", choices=["bench", "raw"], default="bench", help=argparse.SUPPRESS)
+    parser.add_argument("--role", default="bench", help=argparse.SUPPRESS)
+    parser.add_argument("--address", help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help="model directory (default: a tiny random Llama)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--waves", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="measured raw/served pairs")
     parser.add_argument("--skip-openai", action="store_true")
+    parser.add_argument(
+        "--stream-interval-ms", type=float, default=10.0, help="ours: server.stream_interval_ms"
+    )
     args = parser.parse_args()
 
-    if args.role == "raw":
-        asyncio.run(raw_engine(args.model, args.concurrency, args.tokens, args.waves))
+    plan = (args.model, args.concurrency, args.tokens, args.rounds)
+    if args.role in ("grpc-client", "http-client"):
+        client = grpc_client if args.role == "grpc-client" else http_client
+        cpu_before = time.process_time()
+        wave = asyncio.run(client(args.address, args.concurrency[0], args.tokens))
+        wave.client_cpu_s = time.process_time() - cpu_before
+        report_result(asdict(wave))
+        return 0
+    if args.role == "host-raw":
+        asyncio.run(host_raw(*plan))
+        return 0
+    if args.role == "host-ours":
+        asyncio.run(host_ours(*plan))
+        return 0
+    if args.role == "host-openai":
+        import uvloop  # vLLM's own server runs on uvloop
+
+        uvloop.run(host_openai(*plan))
         return 0
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -379,20 +411,12 @@ def main() -> int:
         from transformers import AutoTokenizer
 
         eos = AutoTokenizer.from_pretrained(model).eos_token_id
-        plan = (model, args.concurrency, args.tokens, args.waves)
-        print(
-            f"workload: {args.concurrency} streams x {args.tokens} tokens, {args.waves} waves each",
-            flush=True,
-        )
-        raw_first = run_raw(*plan)
-        print("raw engine done", flush=True)
-        others = {"ours": run_ours(model, eos, *plan[1:])}
-        print("ours done", flush=True)
+        print(f"workload: {args.concurrency} streams x {args.tokens} tokens, {args.rounds} rounds")
+        engine_only = run_host("host-raw", model, eos, args)[0]["rss_mb"]
+        hosts = {"ours": run_host("host-ours", model, eos, args)}
         if not args.skip_openai:
-            others["openai"] = run_openai(model, eos, *plan[1:])
-            print("openai done", flush=True)
-        raw_last = run_raw(*plan)
-        report([raw_first, raw_last], others)
+            hosts["openai"] = run_host("host-openai", model, eos, args)
+        print_report(engine_only, hosts)
     return 0
 
 

@@ -33,6 +33,7 @@ class Call:
     method: str
     request_id: str
     started: float = field(default_factory=time.perf_counter)
+    created: int = field(default_factory=lambda: int(time.time()))  # Unix time, for responses
     prompt_tokens: int = 0
     completion_tokens: int = 0
     first_token_at: float | None = None

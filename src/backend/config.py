@@ -116,6 +116,14 @@ class ServerSettings(_Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_prompts: Annotated[bool, Field(description="Include prompt text in request logs")] = False
     engine_check_interval_s: Annotated[float, Field(gt=0)] = 5.0
+    stream_interval_ms: Annotated[
+        float,
+        Field(
+            ge=0,
+            description="Send a stream's chunks at most this often (0: every token); tokens "
+            "that arrive in between go out together. The first token is never held back.",
+        ),
+    ] = 10.0
 
 
 class Settings(BaseSettings):

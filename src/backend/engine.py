@@ -76,9 +76,15 @@ class Engine:
     """vLLM's AsyncLLM, with the few operations the services use."""
 
     def __init__(self, llm: AsyncLLM, facts: EngineFacts) -> None:
+        from vllm import PoolingParams
+        from vllm.inputs.engine import tokens_input
+
         self._llm = llm
         self.facts = facts
         self.tokenizer = llm.get_tokenizer()
+        # Kept, not imported per call: vLLM's lazy module __getattr__ is slow on a hot path.
+        self._tokens_input = tokens_input
+        self._pooling_params = PoolingParams
 
     @classmethod
     def start(cls, settings: Settings, is_embedding: bool) -> Engine:
@@ -113,9 +119,7 @@ class Engine:
         self, prompt_ids: list[int], params: SamplingParams, request_id: str
     ) -> AsyncIterator[RequestOutput]:
         """Streams vLLM's outputs; aborts the engine request if the caller stops early."""
-        from vllm.inputs.engine import tokens_input
-
-        stream = self._llm.generate(tokens_input(prompt_ids), params, request_id=request_id)
+        stream = self._llm.generate(self._tokens_input(prompt_ids), params, request_id=request_id)
         finished = False
         try:
             async for output in stream:
@@ -129,14 +133,14 @@ class Engine:
 
     async def embed(self, inputs: Sequence[list[int]]) -> list[list[float]]:
         """One embedding per tokenized input, submitted together so the engine batches them."""
-        from vllm import PoolingParams
-        from vllm.inputs.engine import tokens_input
 
         async def one(prompt_ids: list[int]) -> list[float]:
             request_id = f"embed-{uuid.uuid4().hex}"
             result = None
             async for output in self._llm.encode(
-                tokens_input(prompt_ids), PoolingParams(task="embed"), request_id=request_id
+                self._tokens_input(prompt_ids),
+                self._pooling_params(task="embed"),
+                request_id=request_id,
             ):
                 result = output
             assert result is not None and result.finished

@@ -7,6 +7,7 @@ character. Outputs that carry no text and no finish reason are dropped: no empty
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -54,11 +55,13 @@ class Generator:
         defaults: SamplingSettings,
         limits: Limits,
         extra_stop: list[str],
+        stream_interval_s: float = 0.0,
     ) -> None:
         self._engine = engine
         self._defaults = defaults
         self._limits = limits
         self._extra_stop = extra_stop
+        self._stream_interval_s = stream_interval_s
 
     async def prepare(
         self,
@@ -87,15 +90,30 @@ class Generator:
     async def stream(
         self, prepared: Prepared, call: Call
     ) -> AsyncIterator[tuple[list[Delta], bool]]:
-        """Yields (deltas, last) per engine step: one delta per choice that changed."""
+        """Yields (deltas, last): one delta per choice with new text.
+
+        At most one yield per stream interval: after a yield, the next output is not taken
+        before the interval has passed, and meanwhile vLLM merges the new tokens of this
+        request into one delta output. The first token and the last are never held back;
+        slow streams (a token per interval or slower) are not delayed at all. Fewer, larger
+        messages cut the per-message cost of gRPC, which dominates at high token rates.
+        """
         call.prompt_tokens = len(prepared.prompt_ids)
         outputs = self._engine.generate(prepared.prompt_ids, prepared.params, call.request_id)
+        interval = self._stream_interval_s
+        loop = asyncio.get_running_loop()
         try:
             async for output in outputs:
                 deltas = _deltas(output.outputs, call)
-                if deltas:
-                    call.first_token()
-                    yield deltas, output.finished
+                if not deltas:
+                    continue
+                call.first_token()
+                sent_at = loop.time()
+                yield deltas, output.finished
+                if interval and not output.finished:
+                    delay = interval - (loop.time() - sent_at)
+                    if delay > 0:
+                        await asyncio.sleep(delay)
         except EngineDeadError:
             raise
         except Exception as exc:

@@ -145,6 +145,10 @@ def assemble(
     )
     runtime.engine = engine
     runtime.generator = Generator(
-        engine, sampling_defaults(settings, manifest), limits, extra_stop=list(chat.stop)
+        engine,
+        sampling_defaults(settings, manifest),
+        limits,
+        extra_stop=list(chat.stop),
+        stream_interval_s=settings.server.stream_interval_ms / 1000,
     )
     runtime.prompts = ChatPromptBuilder(engine.tokenizer, chat)

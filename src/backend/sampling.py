@@ -8,9 +8,10 @@ with default values on every call.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .config import SamplingSettings
 
@@ -139,6 +140,17 @@ def _stop(stop: list[str], extra_stop: list[str], limits: Limits) -> list[str] |
     return merged or None
 
 
+@functools.cache
+def _vllm_types() -> tuple[Any, Any, Any]:
+    """vLLM's classes, imported on first use (the CLI must not import vLLM) and then kept:
+    `from vllm import X` goes through vLLM's lazy module __getattr__ on every call."""
+    from vllm import SamplingParams
+    from vllm.exceptions import VLLMClientError
+    from vllm.sampling_params import RequestOutputKind
+
+    return SamplingParams, RequestOutputKind, VLLMClientError
+
+
 def build_sampling_params(
     request: SamplingRequest,
     *,
@@ -148,10 +160,7 @@ def build_sampling_params(
     extra_stop: list[str] | None = None,
 ) -> SamplingParams:
     """Validates the request and returns vLLM SamplingParams streaming delta outputs."""
-    from vllm import SamplingParams
-    from vllm.exceptions import VLLMClientError
-    from vllm.sampling_params import RequestOutputKind
-
+    SamplingParams, RequestOutputKind, VLLMClientError = _vllm_types()
     temperature = request.temperature if request.temperature is not None else defaults.temperature
     _check_range("temperature", request.temperature, 0, 2, "must lie in [0, 2]")
     if request.top_p is not None:

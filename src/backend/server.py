@@ -73,6 +73,9 @@ class BackendServer:
             options=[
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                # The LeapfrogAI API multiplexes its calls over one connection; gRPC's limit
+                # on streams per connection would queue calls out of sight of max_in_flight.
+                ("grpc.max_concurrent_streams", settings.limits.max_in_flight + 64),
             ]
         )
         self.services = self._add_services()

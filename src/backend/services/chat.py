@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -79,7 +78,7 @@ def _response(
     call: Call, kind: str, choices: list[chat_pb2.ChatCompletionChoice], *, with_usage: bool
 ) -> chat_pb2.ChatCompletionResponse:
     response = chat_pb2.ChatCompletionResponse(
-        id=f"chatcmpl-{call.request_id}", object=kind, created=int(time.time()), choices=choices
+        id=f"chatcmpl-{call.request_id}", object=kind, created=call.created, choices=choices
     )
     if with_usage:
         response.usage.CopyFrom(
