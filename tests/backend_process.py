@@ -141,6 +141,16 @@ class BackendProcess:
         parsed = (_json_line(line) for line in list(self.lines))
         return [e for e in parsed if e and (message is None or e.get("message") == message)]
 
+    def wait_for_event(self, predicate, timeout: float = 10) -> dict[str, Any]:
+        """The first log event matching `predicate`, waiting for stderr to catch up."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in self.events():
+                if predicate(event):
+                    return event
+            time.sleep(0.05)
+        raise AssertionError(f"no such log event within {timeout}s:\n{self.log_tail()}")
+
     def log_tail(self, lines: int = 40) -> str:
         return "".join(self.lines[-lines:])
 

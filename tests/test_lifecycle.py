@@ -60,9 +60,9 @@ async def test_a_cancelled_stream_is_aborted_in_the_engine(tiny_backend: Backend
         5,
         "the engine still holds the cancelled request",
     )
-    assert any(
-        e["method"] == "ChatCompleteStream" and e["status"] == "CANCELLED"
-        for e in tiny_backend.events("request")
+    await asyncio.to_thread(
+        tiny_backend.wait_for_event,
+        lambda e: e.get("method") == "ChatCompleteStream" and e.get("status") == "CANCELLED",
     )
 
 

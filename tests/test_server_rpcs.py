@@ -334,11 +334,11 @@ def test_one_json_log_line_per_request_without_prompt_text(
     tiny_backend: BackendProcess, tiny_channel
 ) -> None:
     secret = "my-private-prompt-7d1c"
-    chat_pb2_grpc.ChatCompletionServiceStub(tiny_channel).ChatComplete(
+    response = chat_pb2_grpc.ChatCompletionServiceStub(tiny_channel).ChatComplete(
         chat_request(secret, max_new_tokens=3)
     )
-    requests = tiny_backend.events("request")
-    last = next(e for e in reversed(requests) if e["method"] == "ChatComplete")
+    request_id = response.id.removeprefix("chatcmpl-")
+    last = tiny_backend.wait_for_event(lambda e: e.get("id") == request_id)
     assert {
         "id",
         "method",

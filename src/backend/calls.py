@@ -88,7 +88,9 @@ class CallTracker:
         except EngineDeadError as exc:
             self.engine_died.set()
             code, message = grpc.StatusCode.UNAVAILABLE, f"the engine has stopped: {exc}"
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # A client that cancels or goes away: the task is cancelled, or for a stream
+            # gRPC closes the response generator.
             code = grpc.StatusCode.CANCELLED
             raise
         except grpc.aio.AbortError:
