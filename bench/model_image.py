@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -25,56 +24,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from weight_files import generate_weight_files, local_manifest
+
 from backend import __version__
-from backend.manifest import Architecture, LocalSource, ManifestFile, ModelManifest
+from backend.manifest import ModelManifest
 from backend.model_image import backend_tag, build_model_image
 from backend.weights.hashing import sha256_file
 
-CHUNK = 16 * 1024 * 1024
 IMAGE_TAG = "zarf.internal/zarf-vllm/bench-model-image:image"
 DOCKER_TAG = "zarf.internal/zarf-vllm/bench-model-image:docker-build"
 
 
-def generate(directory: Path, total: int, files: int) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(1)
-    paths = [directory / "config.json"]
-    paths[0].write_text('{"model_type": "llama"}\n')
-    for i in range(files):
-        path = directory / f"model-{i + 1:05d}-of-{files:05d}.safetensors"
-        if not path.exists() or path.stat().st_size != total // files:
-            with open(path, "wb") as f:
-                left = total // files
-                while left:
-                    f.write(rng.randbytes(min(CHUNK, left)))
-                    left -= min(CHUNK, left)
-        paths.append(path)
-    return paths
-
-
-def manifest_for(directory: Path, paths: list[Path]) -> ModelManifest:
-    return ModelManifest(
-        id="bench",
-        display_name="image benchmark",
-        license="none",
-        source=LocalSource(kind="local", path=str(directory)),
-        files=[
-            ManifestFile(path=p.name, size=p.stat().st_size, sha256=sha256_file(p)) for p in paths
-        ],
-        architecture=Architecture(
-            model_type="llama",
-            parameters=1,
-            layers=1,
-            hidden_size=1,
-            attention_heads=1,
-            kv_heads=1,
-            head_dim=1,
-            vocab_size=1,
-            max_position_embeddings=1,
-            weight_dtype="bfloat16",
-            tied_embeddings=False,
-        ),
-    )
+def weight_set(directory: Path, total: int, files: int) -> tuple[list[Path], ModelManifest]:
+    """config.json plus `files` random weight files, and their manifest."""
+    paths = generate_weight_files(directory, total, files, seed=1)
+    config = directory / "config.json"
+    config.write_text('{"model_type": "llama"}\n')
+    paths = [config, *paths]
+    return paths, local_manifest(directory, paths, {p.name: sha256_file(p) for p in paths})
 
 
 def docker_build(base: str, weights: Path) -> float:
@@ -117,9 +84,8 @@ def main() -> None:
         sys.exit(f"base image {args.base} is not in the Docker engine (scripts/build-images)")
 
     weights = args.dir / "weights"
-    paths = generate(weights, int(args.gb * 1e9), args.files)
+    paths, manifest = weight_set(weights, int(args.gb * 1e9), args.files)
     total = sum(p.stat().st_size for p in paths)
-    manifest = manifest_for(weights, paths)
     manifest_path = args.dir / "bench.yaml"
     manifest_path.write_text(manifest.model_dump_json())
     print(f"{len(paths)} files, {total / 1e9:.2f} GB, base {args.base}")

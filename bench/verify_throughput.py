@@ -16,7 +16,6 @@ Prints GB/s and the ratio to sha256sum (target: >= 0.8 with all cores).
 from __future__ import annotations
 
 import argparse
-import random
 import subprocess
 import sys
 import time
@@ -24,29 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from backend.manifest import Architecture, LocalSource, ManifestFile, ModelManifest
+from weight_files import CHUNK, generate_weight_files, local_manifest
+
 from backend.weights.hashing import default_workers
 from backend.weights.verify import verify_directory
-
-CHUNK = 16 * 1024 * 1024
-
-
-def generate(directory: Path, total_bytes: int, files: int) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    size = total_bytes // files
-    paths = []
-    rng = random.Random(0)
-    for i in range(files):
-        path = directory / f"model-{i + 1:05d}-of-{files:05d}.safetensors"
-        if not path.exists() or path.stat().st_size != size:
-            with open(path, "wb") as f:
-                left = size
-                while left:
-                    n = min(CHUNK, left)
-                    f.write(rng.randbytes(n))
-                    left -= n
-        paths.append(path)
-    return paths
 
 
 def warm(paths: list[Path]) -> None:
@@ -75,31 +55,6 @@ def openssl(paths: list[Path]) -> None:
     )
 
 
-def manifest_for(paths: list[Path], digests: dict[str, str]) -> ModelManifest:
-    return ModelManifest(
-        id="bench",
-        display_name="bench",
-        license="none",
-        source=LocalSource(kind="local", path=str(paths[0].parent)),
-        files=[
-            ManifestFile(path=p.name, size=p.stat().st_size, sha256=digests[p.name]) for p in paths
-        ],
-        architecture=Architecture(
-            model_type="llama",
-            parameters=1,
-            layers=1,
-            hidden_size=1,
-            attention_heads=1,
-            kv_heads=1,
-            head_dim=1,
-            vocab_size=1,
-            max_position_embeddings=1,
-            weight_dtype="bfloat16",
-            tied_embeddings=False,
-        ),
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gb", type=float, default=4.0, help="total size (default 4 GB)")
@@ -109,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
 
     total = int(args.gb * 1e9)
-    paths = generate(args.dir, total, args.files)
+    paths = generate_weight_files(args.dir, total, args.files, seed=0)
     total = sum(p.stat().st_size for p in paths)
     warm(paths)
     cores = default_workers()
@@ -123,7 +78,7 @@ def main() -> None:
     for _ in range(args.repeat):
         seconds, _ = timed(lambda: openssl(paths))
         best["openssl dgst"] = min(best.get("openssl dgst", 1e9), seconds)
-    manifest = manifest_for(paths, digests)
+    manifest = local_manifest(args.dir, paths, digests)
     for label, workers in (("verify, 1 thread", 1), (f"verify, {cores} threads", cores)):
         for _ in range(args.repeat):
             seconds, _ = timed(
