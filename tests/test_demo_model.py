@@ -39,6 +39,8 @@ def demo_backend(
         {
             "model": {"manifest": str(MANIFEST), "verify": "full"},
             "engine": {"dtype": "auto", "max_model_len": 2048},
+            # Every token its own chunk, so the multi-byte test sees every token boundary.
+            "server": {"stream_interval_ms": 0},
         },
     ).start()
     try:

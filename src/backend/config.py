@@ -123,7 +123,10 @@ class ServerSettings(_Section):
             description="Send a stream's chunks at most this often (0: every token); tokens "
             "that arrive in between go out together. The first token is never held back.",
         ),
-    ] = 10.0
+        # 50 ms (20 updates a second, smooth to a reader): bench/serving.py measured, at 32 and
+        # 128 streams, 0.75-0.82x the raw engine's throughput against 0.56-0.66x with 10 ms,
+        # and the time-to-first-token p99 of a 128-stream burst down from 2.2-2.4 s to 0.7-0.8 s.
+    ] = 50.0
 
 
 class Settings(BaseSettings):

@@ -87,20 +87,23 @@ class Generator:
         )
         return Prepared(prompt_ids, params)
 
-    async def stream(
-        self, prepared: Prepared, call: Call
-    ) -> AsyncIterator[tuple[list[Delta], bool]]:
+    def stream(self, prepared: Prepared, call: Call) -> AsyncIterator[tuple[list[Delta], bool]]:
         """Yields (deltas, last): one delta per choice with new text.
 
         At most one yield per stream interval: after a yield, the next output is not taken
         before the interval has passed, and meanwhile vLLM merges the new tokens of this
-        request into one delta output. The first token and the last are never held back;
-        slow streams (a token per interval or slower) are not delayed at all. Fewer, larger
-        messages cut the per-message cost of gRPC, which dominates at high token rates.
+        request into one delta output. The first token is never held back, and slow streams
+        (a token per interval or slower) are not delayed at all; the last chunk can wait up
+        to one interval. Fewer, larger messages cut the per-message cost of gRPC, which
+        dominates the front end's CPU at high token rates.
         """
+        return self._outputs(prepared, call, self._stream_interval_s)
+
+    async def _outputs(
+        self, prepared: Prepared, call: Call, interval: float
+    ) -> AsyncIterator[tuple[list[Delta], bool]]:
         call.prompt_tokens = len(prepared.prompt_ids)
         outputs = self._engine.generate(prepared.prompt_ids, prepared.params, call.request_id)
-        interval = self._stream_interval_s
         loop = asyncio.get_running_loop()
         try:
             async for output in outputs:
@@ -122,10 +125,13 @@ class Generator:
             raise
 
     async def complete(self, prepared: Prepared, call: Call) -> dict[int, tuple[str, str]]:
-        """Runs to the end; returns {choice index: (text, finish_reason)}."""
+        """Runs to the end; returns {choice index: (text, finish_reason)}.
+
+        No stream interval here: one response has no per-message cost to save, and waiting
+        would only delay the answer."""
         texts: dict[int, list[str]] = {}
         reasons: dict[int, str] = {}
-        async for deltas, _ in self.stream(prepared, call):
+        async for deltas, _ in self._outputs(prepared, call, interval=0.0):
             for delta in deltas:
                 texts.setdefault(delta.index, []).append(delta.text)
                 if delta.finish_reason:
