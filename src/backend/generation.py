@@ -128,7 +128,8 @@ class Generator:
         """Runs to the end; returns {choice index: (text, finish_reason)}.
 
         No stream interval here: one response has no per-message cost to save, and waiting
-        would only delay the answer."""
+        would only delay the answer.
+        """
         texts: dict[int, list[str]] = {}
         reasons: dict[int, str] = {}
         async for deltas, _ in self._outputs(prepared, call, interval=0.0):
