@@ -81,7 +81,7 @@ class BackendProcess:
         assert self.process is not None and self.process.stderr is not None
         for line in self.process.stderr:
             self.lines.append(line)
-            event = _json_line(line)
+            event = json_event(line)
             if event and event.get("message") == "listening":
                 self.port, self.metrics_port = event["port"], event["metrics_port"]
                 self._listening.set()
@@ -138,7 +138,7 @@ class BackendProcess:
 
     def events(self, message: str | None = None) -> list[dict[str, Any]]:
         """The backend's JSON log lines (optionally those with one message)."""
-        parsed = (_json_line(line) for line in list(self.lines))
+        parsed = (json_event(line) for line in list(self.lines))
         return [e for e in parsed if e and (message is None or e.get("message") == message)]
 
     def wait_for_event(self, predicate, timeout: float = 10) -> dict[str, Any]:
@@ -175,7 +175,8 @@ class BackendProcess:
         return total
 
 
-def _json_line(line: str) -> dict[str, Any] | None:
+def json_event(line: str) -> dict[str, Any] | None:
+    """One of the server's JSON log lines, parsed; None for any other line."""
     if not line.startswith("{"):
         return None
     try:

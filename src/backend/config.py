@@ -124,8 +124,8 @@ class ServerSettings(_Section):
             "that arrive in between go out together. The first token is never held back.",
         ),
         # 50 ms (20 updates a second, smooth to a reader): bench/serving.py measured, at 32 and
-        # 128 streams, 0.75-0.82x the raw engine's throughput against 0.56-0.66x with 10 ms,
-        # and the time-to-first-token p99 of a 128-stream burst down from 2.2-2.4 s to 0.7-0.8 s.
+        # 128 streams, 0.60-0.84x the raw engine's throughput against 0.56-0.66x with 10 ms,
+        # and the time-to-first-token p99 of a 128-stream burst down from 2.2-2.4 s to 0.6-0.8 s.
     ] = 50.0
 
 

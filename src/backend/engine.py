@@ -125,10 +125,11 @@ class Engine:
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        on_cpu = current_platform.is_cpu()
         requested = settings.engine.dtype
         dtype = resolve_dtype(
             requested,
-            on_cpu=current_platform.is_cpu(),
+            on_cpu=on_cpu,
             quantized=settings.engine.quantization is not None,
             flags=cpu_flags(),
         )
@@ -148,7 +149,7 @@ class Engine:
             max_model_len=model_config.max_model_len,
             vocab_size=model_config.get_vocab_size(),
             is_embedding=is_embedding,
-            per_request_seed=not current_platform.is_cpu(),
+            per_request_seed=not on_cpu,
         )
         return cls(llm, facts)
 

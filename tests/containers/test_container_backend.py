@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from backend_process import json_event
 from container_serving import ServedBackend, health_status
 from docker.models.containers import Container
 
@@ -154,11 +155,9 @@ def test_it_serves_with_no_route_out(served_backend: ServedBackend) -> None:
 
 def log_events(container: Container, message: str) -> list[dict]:
     """The server's JSON log events with this message."""
-    events = []
-    for line in container.logs().decode(errors="replace").splitlines():
-        if line.startswith("{") and f'"{message}"' in line:
-            events.append(json.loads(line))
-    return events
+    lines = container.logs().decode(errors="replace").splitlines()
+    events = (json_event(line) for line in lines)
+    return [e for e in events if e and e.get("message") == message]
 
 
 def eos_token_id(weights: Path) -> int:
