@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from weight_files import generate_weight_files, local_manifest
 
-from backend import __version__
-from backend.manifest import ModelManifest
-from backend.model_image import backend_tag, build_model_image
-from backend.weights.hashing import sha256_file
+from zarf_vllm import __version__
+from zarf_vllm.model.hashing import sha256_file
+from zarf_vllm.model.manifest import ModelManifest
+from zarf_vllm.packaging.model_image import backend_tag, build_model_image
 
 IMAGE_TAG = "zarf.internal/zarf-vllm/bench-model-image:image"
 DOCKER_TAG = "zarf.internal/zarf-vllm/bench-model-image:docker-build"

@@ -158,10 +158,10 @@ async def host_raw(model: Path, concurrencies: list[int], tokens: int, rounds: i
 
 
 async def host_ours(model: Path, concurrencies: list[int], tokens: int, rounds: int) -> None:
-    from backend.config import Settings
-    from backend.logs import configure_logging
-    from backend.offline import force_offline
-    from backend.server import BackendServer
+    from zarf_vllm.backend.config import Settings
+    from zarf_vllm.backend.logs import configure_logging
+    from zarf_vllm.backend.offline import force_offline
+    from zarf_vllm.backend.server import BackendServer
 
     force_offline()
     configure_logging("INFO")
@@ -245,7 +245,7 @@ async def wait_for_http(url: str, serving: asyncio.Task) -> None:
 async def grpc_client(address: str, concurrency: int, tokens: int) -> Wave:
     import grpc
 
-    from backend.proto.chat import chat_pb2
+    from zarf_vllm.backend.proto.chat import chat_pb2
 
     async with grpc.aio.insecure_channel(address) as channel:
         # Raw bytes in: only the last message is parsed (for the usage).

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from weight_files import CHUNK, generate_weight_files, local_manifest
 
-from backend.weights.hashing import default_workers
-from backend.weights.verify import verify_directory
+from zarf_vllm.model.hashing import default_workers
+from zarf_vllm.model.verify import verify_directory
 
 
 def warm(paths: list[Path]) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from backend.manifest import Architecture, LocalSource, ManifestFile, ModelManifest
+from zarf_vllm.model.manifest import Architecture, LocalSource, ManifestFile, ModelManifest
 
 CHUNK = 16 * 1024 * 1024
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from backend_process import BackendProcess
-from tiny_model import build_tiny_llama
+
+from support.backend_process import BackendProcess
+from support.tiny_model import build_tiny_llama
 
 
 @pytest.fixture(scope="session")

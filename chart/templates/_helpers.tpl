@@ -76,7 +76,7 @@ NODE_SELECTOR and TOLERATIONS added and RUNTIME_CLASS replacing ("none" drops it
 {{- end -}}
 
 {{/*
-The backend's configuration file (src/backend/config.py): its six sections, with only keys
+The backend's configuration file (src/zarf_vllm/backend/config.py): its six sections, with only keys
 that config.py knows. The engine section comes from the sizing; sampling and chat only carry
 what the values set, so the manifest's own defaults apply otherwise.
 */}}

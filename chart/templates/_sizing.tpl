@@ -1,6 +1,6 @@
 {{/*
 The sizing helper: the profile PROFILE picks, with the override variables applied, checked
-for fit and turned into engine values. It repeats src/backend/sizing.py step by step, in
+for fit and turned into engine values. It repeats src/zarf_vllm/model/sizing.py step by step, in
 integers, with the constants that file wrote into .Values.sizing; tests/test_chart.py renders
 every manifest x profile pair (and overrides) and checks that Python and this agree.
 

@@ -21,8 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from container_deployment import ROOT, BackendContainer, backend_container, preview_objects
-from container_serving import (
+from testcontainers.core.container import DockerContainer
+
+from support.container_deployment import ROOT, BackendContainer, backend_container, preview_objects
+from support.container_serving import (
     DEMO_MODEL,
     RELAY_SOCKET,
     REPORT,
@@ -32,7 +34,6 @@ from container_serving import (
     run_step,
     wait_serving,
 )
-from testcontainers.core.container import DockerContainer
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

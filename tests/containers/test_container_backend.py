@@ -12,11 +12,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from backend_process import json_event
-from container_serving import ServedBackend, health_status
 from docker.models.containers import Container
 
-from backend.proto.chat import chat_pb2, chat_pb2_grpc
+from support.backend_process import json_event
+from support.container_serving import ServedBackend, health_status
+from zarf_vllm.backend.proto.chat import chat_pb2, chat_pb2_grpc
 
 pytestmark = pytest.mark.container
 

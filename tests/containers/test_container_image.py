@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 
-import pytest
-
 import backend
+import pytest
 
 pytestmark = pytest.mark.container
 

@@ -8,10 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from container_deployment import ROOT
-from container_serving import DEMO_MODEL, run_step
 
-from backend.manifest import load_manifest
+from support.container_deployment import ROOT
+from support.container_serving import DEMO_MODEL, run_step
+from zarf_vllm.model.manifest import load_manifest
 
 pytestmark = pytest.mark.container
 

@@ -1,0 +1,3 @@
+from zarf_vllm.backend.cli import main
+
+raise SystemExit(main())

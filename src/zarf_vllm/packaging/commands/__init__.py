@@ -1,0 +1,1 @@
+"""The packaging tool's CLI commands, one module each."""

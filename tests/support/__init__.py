@@ -1,0 +1,1 @@
+"""Helpers the test layers share: processes, models, fake hubs, chart rendering."""

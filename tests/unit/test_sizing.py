@@ -1,0 +1,357 @@
+"""The sizing formulas (zarf_vllm.model.sizing), on published model shapes and on generated ones."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zarf_vllm.model import sizing
+from zarf_vllm.model.sizing import GIB, MIB, Hardware, ModelFacts, Overrides, Refused, size
+
+# Llama-3.1-8B (config.json): 32 layers, 32 heads, 8 KV heads, head_dim 128, bf16.
+LLAMA_8B = ModelFacts(
+    id="llama-8b",
+    task="generate",
+    quantization="none",
+    weight_dtype="bfloat16",
+    weight_bytes=16_060_522_496,
+    layers=32,
+    attention_heads=32,
+    kv_heads=8,
+    head_dim=128,
+    hidden_size=4096,
+    vocab_size=128256,
+    max_positions=131072,
+)
+# Llama-3.1-70B: 80 layers, 64 heads, 8 KV heads.
+LLAMA_70B = dataclasses.replace(
+    LLAMA_8B,
+    id="llama-70b",
+    weight_bytes=141_107_412_992,
+    layers=80,
+    attention_heads=64,
+    hidden_size=8192,
+)
+# SmolLM2-135M: 30 layers, 9 heads, 3 KV heads, head_dim 64, 8192 positions.
+SMOLLM2 = ModelFacts(
+    id="smollm2",
+    task="generate",
+    quantization="none",
+    weight_dtype="bfloat16",
+    weight_bytes=269_060_552,
+    layers=30,
+    attention_heads=9,
+    kv_heads=3,
+    head_dim=64,
+    hidden_size=576,
+    vocab_size=49152,
+    max_positions=8192,
+)
+MINILM = ModelFacts(
+    id="minilm",
+    task="embed",
+    quantization="none",
+    weight_dtype="float32",
+    weight_bytes=90_868_376,
+    layers=6,
+    attention_heads=12,
+    kv_heads=12,
+    head_dim=32,
+    hidden_size=384,
+    vocab_size=30522,
+    max_positions=512,
+)
+
+
+def gpu(name: str = "gpu", count: int = 1, memory_mib: int = 81920, **kw: object) -> Hardware:
+    base = dict(
+        name=name,
+        gpu_count=count,
+        gpu_memory_mib=memory_mib,
+        host_cpu=8,
+        host_memory_gib=None,
+        util_permille=900,
+        max_model_len=131072,
+        max_num_seqs=256,
+        max_num_batched_tokens=8192,
+        enforce_eager=False,
+        cpu_kvcache_gib=None,
+    )
+    base.update(kw)
+    return Hardware(**base)  # type: ignore[arg-type]
+
+
+CPU = Hardware(
+    name="cpu",
+    gpu_count=0,
+    gpu_memory_mib=0,
+    host_cpu=4,
+    host_memory_gib=16,
+    util_permille=900,
+    max_model_len=4096,
+    max_num_seqs=16,
+    max_num_batched_tokens=4096,
+    enforce_eager=True,
+    cpu_kvcache_gib=2,
+)
+
+
+def test_kv_bytes_per_token_is_two_x_layers_x_kv_heads_x_head_dim_x_dtype() -> None:
+    assert LLAMA_8B.kv_elements_per_token * 2 == 2 * 32 * 8 * 128 * 2 == 131072
+    fit = size(LLAMA_8B, gpu())
+    assert fit.kv_bytes_per_token == 131072
+    fp8 = size(LLAMA_8B, gpu(), Overrides(kv_cache_dtype="fp8"))
+    assert fp8.kv_bytes_per_token == 65536
+    assert fp8.kv_capacity_tokens > 1.9 * fit.kv_capacity_tokens
+    assert MINILM.kv_elements_per_token == 0  # encoder-only: no KV cache
+
+
+def test_kv_capacity_is_what_the_budget_leaves_after_weights_activations_and_reserve() -> None:
+    fit = size(LLAMA_8B, gpu(memory_mib=81920))
+    budget = 81920 * MIB * 900 // 1000
+    activation = 8192 * 4096 * 32 + 256 * 128256 * 8
+    room = budget - 16_060_522_496 - activation - sizing.GPU_RESERVE_BYTES
+    assert fit.kv_capacity_tokens == room // 131072
+    assert fit.tensor_parallel_size == 1 and fit.gpus == 1
+
+
+def test_tp_candidates_divide_attention_and_kv_heads_and_the_gpu_count() -> None:
+    assert sizing.tp_candidates(LLAMA_70B, 8) == [1, 2, 4, 8]
+    assert sizing.tp_candidates(SMOLLM2, 8) == [1]  # 9 heads, 3 KV heads
+    assert sizing.tp_candidates(SMOLLM2, 3) == [1, 3]
+    assert sizing.tp_candidates(LLAMA_70B, 6) == [1, 2]
+
+
+def test_tensor_parallel_is_the_smallest_size_with_a_useful_cache() -> None:
+    h100 = {"memory_mib": 81559, "util_permille": 920}
+    assert size(LLAMA_70B, gpu(count=4, **h100)).tensor_parallel_size == 4
+    # On eight GPUs, four already hold two 128k-token sequences: the other four stay free.
+    x8 = size(LLAMA_70B, gpu(count=8, **h100))
+    assert x8.tensor_parallel_size == 4 and x8.gpus == 4
+    assert x8.kv_capacity_tokens >= sizing.USEFUL_KV_SEQUENCES * 131072
+    # An 8B model needs no split even with eight GPUs on the node.
+    assert size(LLAMA_8B, gpu(count=8, **h100)).tensor_parallel_size == 1
+
+
+def test_without_a_useful_size_the_largest_that_fits_is_taken() -> None:
+    fit = size(LLAMA_70B, gpu(count=2, memory_mib=81559, util_permille=920))
+    assert fit.tensor_parallel_size == 2
+    assert 4096 <= fit.max_model_len < 131072
+    assert fit.max_model_len <= fit.kv_capacity_tokens
+
+
+def test_max_model_len_is_capped_by_positions_class_and_cache_and_aligned() -> None:
+    assert size(SMOLLM2, gpu()).max_model_len == 8192  # its positions
+    assert size(LLAMA_8B, gpu(max_model_len=16384)).max_model_len == 16384  # the class
+    tight = size(LLAMA_8B, gpu(memory_mib=23028))  # the cache
+    assert tight.max_model_len == sizing.align(min(131072, tight.kv_capacity_tokens))
+    assert tight.max_model_len % sizing.BLOCK_SIZE == 0
+
+
+def test_a_profile_without_room_for_a_usable_context_is_refused_in_numbers() -> None:
+    with pytest.raises(Refused) as refused:
+        size(LLAMA_70B, gpu(name="l4", memory_mib=23028))
+    message = str(refused.value)
+    assert refused.value.fit
+    assert "llama-70b does not fit profile l4" in message
+    assert "131.4 GiB of weights" in message and "allows 20.2 GiB per GPU" in message
+
+
+def test_a_short_kv_cache_is_refused_with_the_tokens_it_holds() -> None:
+    # 17.2 GiB of weights on a 24 GB card: under a usable context of KV cache is left.
+    gemma = dataclasses.replace(
+        LLAMA_8B,
+        id="gemma",
+        weight_bytes=18_483_444_224,
+        layers=42,
+        attention_heads=16,
+        kv_heads=8,
+        head_dim=256,
+        hidden_size=3584,
+        vocab_size=256000,
+        max_positions=8192,
+    )
+    with pytest.raises(
+        Refused,
+        match=r"room for \d+ tokens at 344064 bytes per token, and a "
+        r"usable context of 4096 tokens needs",
+    ):
+        size(gemma, gpu(memory_mib=23028, max_num_batched_tokens=4096, max_num_seqs=64))
+
+
+def test_the_usable_context_is_the_models_own_when_shorter() -> None:
+    assert MINILM.min_context == 512
+    fit = size(MINILM, gpu())
+    assert fit.max_model_len == 512 and fit.kv_capacity_tokens is None
+    assert fit.max_num_batched_tokens >= fit.max_model_len  # no chunked prefill for pooling
+
+
+def test_dev_shm_with_tensor_parallel_or_on_the_cpu_and_counted_in_host_memory() -> None:
+    single = size(LLAMA_8B, gpu())
+    assert single.shm_gib == 0
+    on_cpu = size(SMOLLM2, CPU)
+    assert on_cpu.shm_gib == sizing.CPU_SHM_GIB == 1  # vLLM-CPU's executor queue needs 160 MiB
+    split = size(LLAMA_70B, gpu(count=4, memory_mib=81559, util_permille=920))
+    assert split.shm_gib == 4
+    need = 141_107_412_992 + sizing.HOST_RUNTIME_BYTES + 4 * sizing.HOST_BYTES_PER_GPU_WORKER
+    assert split.host_memory_gib == sizing.ceil_div(need + 4 * GIB, GIB)
+    assert split.host_cpu == 8 * 4
+
+
+def test_startup_budget_grows_with_the_weights() -> None:
+    small, large = sizing.startup_seconds(SMOLLM2), sizing.startup_seconds(LLAMA_70B)
+    assert small >= sizing.STARTUP_BASE_SECONDS
+    assert large - small == (141_107_412_992 - 269_060_552) // sizing.LOAD_BYTES_PER_SECOND
+
+
+def test_cpu_sizing_suits_vllm_cpu() -> None:
+    fit = size(SMOLLM2, CPU)
+    assert (fit.dtype, fit.enforce_eager, fit.cpu_kvcache_gib) == ("bfloat16", True, 2)
+    assert fit.gpus == 0 and fit.tensor_parallel_size == 1
+    assert fit.max_model_len == 4096
+    assert fit.kv_capacity_tokens == 2 * GIB // (2 * 30 * 3 * 64 * 2)
+    assert size(MINILM, CPU).dtype == "float32"  # float32 weights stay float32 on the CPU
+
+
+def test_cpu_refuses_gpu_variables_quantizations_and_oversized_models() -> None:
+    with pytest.raises(Refused, match="TENSOR_PARALLEL_SIZE does not apply to the cpu"):
+        size(SMOLLM2, CPU, Overrides(tensor_parallel_size=1))
+    with pytest.raises(Refused, match="fp8-quantized, which vLLM-CPU does not run"):
+        size(dataclasses.replace(SMOLLM2, quantization="fp8"), CPU)
+    awq = size(dataclasses.replace(SMOLLM2, quantization="awq"), CPU)
+    assert awq.max_model_len == 4096
+    with pytest.raises(
+        Refused,
+        match=r"needs 22 GiB of host memory on profile cpu \(14\.9 GiB weights .* more than "
+        r"the 16 GiB",
+    ):
+        size(LLAMA_8B, CPU)
+    assert size(LLAMA_8B, CPU, Overrides(host_memory_gib=24)).host_memory_gib == 24
+    with pytest.raises(Refused, match="HOST_MEMORY_GIB=8 is less than the 22 GiB"):
+        size(LLAMA_8B, CPU, Overrides(host_memory_gib=8))
+    deep = dataclasses.replace(SMOLLM2, layers=300)  # 230400 bytes of KV per token
+    with pytest.raises(
+        Refused,
+        match=r"a 1 GiB KV cache \(CPU_KVCACHE_GIB\) holds 4660 tokens "
+        r"at 230400 bytes per token, and MAX_MODEL_LEN=8192 needs 1\.7 GiB",
+    ):
+        size(deep, CPU, Overrides(cpu_kvcache_gib=1, max_model_len=8192))
+
+
+def test_overrides_are_checked_like_vllm_checks_them() -> None:
+    with pytest.raises(Refused, match=r"TENSOR_PARALLEL_SIZE=3 does not suit .* valid sizes: 1, 2"):
+        size(LLAMA_70B, gpu(count=2), Overrides(tensor_parallel_size=3))
+    with pytest.raises(Refused, match="MAX_MODEL_LEN=200000 exceeds the 131072 tokens"):
+        size(LLAMA_8B, gpu(), Overrides(max_model_len=200000))
+    with pytest.raises(Refused, match=r"max_num_batched_tokens \(64\) must be at least max_num"):
+        size(LLAMA_8B, gpu(), Overrides(max_num_batched_tokens=64))
+    with pytest.raises(Refused, match="embedding model, which vLLM runs without chunked prefill"):
+        size(MINILM, gpu(), Overrides(max_num_batched_tokens=256))
+    with pytest.raises(Refused, match="CPU_KVCACHE_GIB applies only to the cpu profile"):
+        size(LLAMA_8B, gpu(), Overrides(cpu_kvcache_gib=2))
+    with pytest.raises(Refused, match="needs GPU_COUNT and GPU_MEMORY_GIB"):
+        size(LLAMA_8B, gpu(count=None, memory_mib=None))  # type: ignore[arg-type]
+    custom = size(
+        LLAMA_8B,
+        gpu(count=None, memory_mib=None),
+        Overrides(
+            gpu_count=1,  # type: ignore[arg-type]
+            gpu_memory_gib=48,
+        ),
+    )
+    assert custom.tensor_parallel_size == 1
+    explicit = size(LLAMA_8B, gpu(), Overrides(max_model_len=5000, tensor_parallel_size=1))
+    assert explicit.max_model_len == 5000  # the operator's value, as given
+
+
+def test_a_max_model_len_the_cache_cannot_hold_is_refused() -> None:
+    with pytest.raises(Refused, match=r"MAX_MODEL_LEN=131072 needs 16\.0 GiB per GPU"):
+        size(LLAMA_8B, gpu(memory_mib=23028), Overrides(max_model_len=131072))
+
+
+def test_flavor_must_match_the_profile() -> None:
+    with pytest.raises(Refused, match=r"profile cpu needs the cpu flavor .* --flavor cuda"):
+        size(SMOLLM2, CPU, flavor="cuda")
+    with pytest.raises(Refused, match="profile gpu needs the cuda flavor"):
+        size(SMOLLM2, gpu(), flavor="cpu")
+
+
+def test_number_formats_match_the_charts() -> None:
+    assert sizing.gib(GIB * 3 // 2) == "1.5"
+    assert sizing.gib(GIB - 1) == "0.9"
+    assert sizing.permille(920) == "0.92" and sizing.permille(900) == "0.9"
+    assert sizing.parse_permille("0.9") == 900 and sizing.parse_permille("0.95") == 950
+    assert sizing.align(8191) == 8176
+
+
+architectures = st.builds(
+    lambda layers, kv, group, head_dim, params, positions, embed: ModelFacts(
+        id="m",
+        task="embed" if embed else "generate",
+        quantization="none",
+        weight_dtype="bfloat16",
+        weight_bytes=params * 2,
+        layers=layers,
+        attention_heads=kv * group,
+        kv_heads=kv,
+        head_dim=head_dim,
+        hidden_size=kv * group * head_dim,
+        vocab_size=32000,
+        max_positions=positions,
+    ),
+    st.integers(1, 96),
+    st.sampled_from([1, 2, 4, 8, 16]),
+    st.sampled_from([1, 2, 4, 8]),
+    st.sampled_from([64, 128, 256]),
+    st.integers(10**7, 2 * 10**11),
+    st.integers(256, 262144),
+    st.booleans(),
+)
+hardware = st.builds(
+    lambda count, memory, util, length, seqs: gpu(
+        count=count,
+        memory_mib=memory,
+        util_permille=util,
+        max_model_len=length,
+        max_num_seqs=seqs,
+        max_num_batched_tokens=max(seqs, 4096),
+    ),
+    st.sampled_from([1, 2, 4, 8]),
+    st.integers(8192, 200_000),
+    st.integers(500, 990),
+    st.sampled_from([4096, 16384, 131072]),
+    st.sampled_from([16, 64, 256]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(architectures, hardware)
+def test_every_fit_respects_vllms_rules_and_the_memory_budget(
+    model: ModelFacts, hw: Hardware
+) -> None:
+    try:
+        fit = size(model, hw)
+    except Refused as refused:
+        assert refused.fit and "does not fit" in str(refused)
+        return
+    assert fit.tensor_parallel_size in sizing.tp_candidates(model, hw.gpu_count or 0)
+    assert fit.max_model_len % sizing.BLOCK_SIZE == 0
+    assert model.min_context <= fit.max_model_len <= model.max_positions
+    assert fit.max_num_batched_tokens >= fit.max_num_seqs
+    t = fit.tensor_parallel_size
+    budget = (hw.gpu_memory_mib or 0) * MIB * hw.util_permille // 1000
+    used = (
+        sizing.ceil_div(model.weight_bytes, t)
+        + sizing.activation_bytes(model, fit.max_num_seqs, fit.max_num_batched_tokens)
+        + sizing.GPU_RESERVE_BYTES
+        + (sizing.TP_RESERVE_BYTES if t > 1 else 0)
+    )
+    if fit.kv_capacity_tokens is None:
+        assert used <= budget
+    else:
+        assert fit.max_model_len <= fit.kv_capacity_tokens
+        assert used + fit.kv_capacity_tokens * fit.kv_bytes_per_token // t <= budget
+    assert (fit.shm_gib > 0) == (t > 1)
