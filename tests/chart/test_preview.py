@@ -7,7 +7,8 @@ import subprocess
 import pytest
 import yaml
 
-from support.profiles_fixtures import REPO, values_text
+from support.paths import REPO
+from support.profiles_fixtures import values_text
 from zarf_vllm.packaging.preview import (
     PreviewError,
     Variable,

@@ -8,12 +8,12 @@ import sys
 import pytest
 import yaml
 
+from support.paths import REPO
 from support.profiles_fixtures import (
     CATALOG,
     MANIFEST_IDS,
     PROFILE_NAMES,
     PROFILES,
-    REPO,
     manifest,
     profile,
     values,
@@ -24,7 +24,6 @@ from zarf_vllm.model.sizing import ModelFacts
 from zarf_vllm.packaging.cli import main
 from zarf_vllm.packaging.profiles import (
     ProfileError,
-    alternatives,
     check_values,
     fitting_manifests,
     outcomes,
@@ -82,7 +81,7 @@ def test_cpu_profile_engine_values_suit_vllm_cpu() -> None:
     assert cpu.engine.cpu_kvcache_space_gib == 2
     assert cpu.engine.max_model_len == 4096
     fit = sizing.size(ModelFacts.from_manifest(manifest("smollm2-135m-instruct")), cpu.hardware)
-    assert (fit.dtype, fit.max_model_len, fit.max_num_seqs) == ("bfloat16", 4096, 16)
+    assert (fit.dtype, fit.max_model_len, fit.max_num_seqs) == ("float32", 4096, 16)
     assert fit.host_memory_gib <= cpu.host.memory_gib
 
 
@@ -115,33 +114,43 @@ def test_rendered_values_hold_every_profile_and_the_model(manifest_id: str, flav
     }
     assert rendered["profileNames"] == REQUIRED
     assert set(rendered["profiles"]) == set(REQUIRED)
-    assert rendered["sizing"] == sizing.constants()
     model = ModelFacts.from_manifest(manifest(manifest_id))
-    assert rendered["model"]["weightBytes"] == model.weight_bytes
+    # The override check's inputs are the sizing's own numbers for this flavor.
+    costs = sizing.costs_for(model, flavor)
+    assert rendered["costs"]["weightBytes"] == costs.weight_bytes
+    assert rendered["costs"]["kvBytes"] == costs.kv_bytes
+    assert rendered["costs"]["tensorParallelSizes"] == sorted(costs.tensor_parallel)
+    assert rendered["messages"] == sizing.MESSAGES
     assert rendered["model"]["path"] == f"/models/{manifest_id}"
     assert rendered["model"]["manifest"] == f"/models/{manifest_id}.manifest.yaml"
     expected_fits = [o.fit.summary for o in outcomes(model, PROFILES) if o.fit]
     assert rendered["fits"] == expected_fits
-    assert "gpu" in rendered["profiles"]["custom"] and rendered["profiles"]["custom"]["gpu"] == {}
+    custom = rendered["profiles"]["custom"]
+    assert custom["fit"] is None and "needs GPU_COUNT and GPU_MEMORY_GIB" in custom["refusal"]
     for name in REQUIRED:
-        assert rendered["profiles"][name]["fitsManifests"] == fitting_manifests(
-            profile(name), CATALOG
-        )
+        entry = rendered["profiles"][name]
+        assert entry["fitsManifests"] == fitting_manifests(profile(name), CATALOG)
+        # Each profile carries its decision: a fit, or the refusal the chart fails with.
+        assert (entry["fit"] is None) != (entry["refusal"] is None)
+        if entry["fit"] is not None:
+            fit = sizing.size(model, profile(name).hardware)
+            assert entry["fit"]["maxModelLen"] == fit.max_model_len
+            assert entry["fit"]["hostMemoryGib"] == fit.host_memory_gib
 
 
 def test_rendered_values_say_in_comments_what_fits() -> None:
     text = render_values(manifest("smollm2-135m-instruct"), flavor="cpu", catalog=CATALOG)
-    assert "# cpu: fits: TP 1, max_model_len 4096, KV cache 93206 tokens, 7 GiB host memory" in text
-    assert "# custom: sized at deploy from GPU_COUNT and GPU_MEMORY_GIB" in text
+    assert "# cpu: fits: TP 1, max_model_len 4096, KV cache 46603 tokens, 7 GiB host memory" in text
+    assert "# custom: refused: profile custom needs GPU_COUNT and GPU_MEMORY_GIB" in text
 
 
 def test_alternatives_name_profiles_and_manifests() -> None:
-    text = alternatives("m", ["a (TP 1, max_model_len 4096)"], ["x", "y"], "p")
+    text = sizing.alternatives("m", ["a (TP 1, max_model_len 4096)"], ["x", "y"], "p")
     assert text == (
         ". Profiles that fit m without overrides: a (TP 1, max_model_len 4096). "
         "Manifests that fit profile p: x, y."
     )
-    assert alternatives("m", [], [], "p") == ". No profile fits m."
+    assert sizing.alternatives("m", [], [], "p") == ". No profile fits m."
 
 
 def test_demo_and_big_models_fit_where_expected() -> None:
@@ -189,7 +198,9 @@ def test_render_values_script(tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     assert yaml.safe_load(out.read_text())["model"]["id"] == "smollm2-135m-instruct"
     bad = subprocess.run(
-        [sys.executable, "-m", "backend", "values", "nope"], capture_output=True, text=True
+        [sys.executable, "-m", "zarf_vllm.packaging", "values", "nope"],
+        capture_output=True,
+        text=True,
     )
     assert bad.returncode == 1 and "no manifest 'nope'" in bad.stderr
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 
-import backend
 import pytest
+
+import zarf_vllm
 
 pytestmark = pytest.mark.container
 
@@ -57,7 +58,7 @@ def test_the_entrypoint_is_the_backend_cli(backend_image: str) -> None:
     assert done.returncode == 0, done.stderr
     assert "serve" in done.stdout
     version = run(backend_image, "--version")
-    assert version.stdout.split() == ["backend", backend.__version__]
+    assert version.stdout.split() == ["zarf-vllm-backend", zarf_vllm.__version__]
 
 
 def test_config_labels_and_environment(backend_image: str) -> None:
@@ -66,10 +67,12 @@ def test_config_labels_and_environment(backend_image: str) -> None:
     )
     config = json.loads(inspect.stdout)[0]["Config"]
     assert config["User"] == "65532:65532"
-    assert config["Entrypoint"] == ["/usr/bin/tini", "--", "/opt/venv/bin/python", "-m", "backend"]
+    assert config["Entrypoint"] == [
+        "/usr/bin/tini", "--", "/opt/venv/bin/python", "-m", "zarf_vllm.backend"
+    ]
     assert config["Cmd"] == ["serve"]
     labels = config["Labels"]
-    assert labels["org.opencontainers.image.version"] == backend.__version__
+    assert labels["org.opencontainers.image.version"] == zarf_vllm.__version__
     # The commit it was built from (`-dirty` with uncommitted changes): one of this repository's.
     revision = labels["org.opencontainers.image.revision"].removesuffix("-dirty")
     assert len(revision) == 40

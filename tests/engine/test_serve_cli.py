@@ -15,7 +15,7 @@ import yaml
 
 def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "backend", "serve", *args],
+        [sys.executable, "-m", "zarf_vllm.backend", "serve", *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -1,36 +1,37 @@
-"""`engine.dtype: auto` on a CPU: float32 unless the CPU computes bfloat16 natively."""
+"""`engine.dtype: auto` on a CPU is the sizing's CPU dtype, the one the chart renders."""
 
 from __future__ import annotations
 
-import platform
-
 import pytest
 
-from zarf_vllm.backend.engine import cpu_flags, resolve_dtype
-
-AVX2_ONLY = frozenset({"sse4_2", "avx", "avx2", "fma"})
-SAPPHIRE_RAPIDS = AVX2_ONLY | {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+from zarf_vllm.backend.engine import resolve_dtype
+from zarf_vllm.model import sizing
 
 
-def test_auto_on_a_cpu_without_native_bf16_is_float32() -> None:
-    assert resolve_dtype("auto", on_cpu=True, quantized=False, flags=AVX2_ONLY) == "float32"
-
-
-def test_auto_on_a_cpu_with_native_bf16_is_left_to_vllm() -> None:
-    assert resolve_dtype("auto", on_cpu=True, quantized=False, flags=SAPPHIRE_RAPIDS) == "auto"
+def test_auto_on_a_cpu_is_float32_whatever_the_cpu() -> None:
+    # One answer on AVX2-only hosts and on hosts with native bfloat16 alike.
+    assert resolve_dtype("auto", on_cpu=True, quantized=False) == "float32"
+    assert sizing.cpu_dtype(quantized=False) == "float32"
 
 
 @pytest.mark.parametrize("requested", ["bfloat16", "float16", "float32"])
 def test_an_explicit_dtype_is_kept(requested: str) -> None:
-    assert resolve_dtype(requested, on_cpu=True, quantized=False, flags=AVX2_ONLY) == requested
+    assert resolve_dtype(requested, on_cpu=True, quantized=False) == requested
 
 
 def test_gpus_and_quantized_models_keep_auto() -> None:
-    assert resolve_dtype("auto", on_cpu=False, quantized=False, flags=AVX2_ONLY) == "auto"
-    assert resolve_dtype("auto", on_cpu=True, quantized=True, flags=AVX2_ONLY) == "auto"
+    assert resolve_dtype("auto", on_cpu=False, quantized=False) == "auto"
+    assert resolve_dtype("auto", on_cpu=True, quantized=True) == "auto"
 
 
-@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 flag names")
-def test_this_hosts_flags_are_read() -> None:
-    # sse2 is part of the x86-64 baseline, so every such host lists it.
-    assert "sse2" in cpu_flags()
+def test_the_chart_renders_the_dtype_the_engine_resolves() -> None:
+    smollm2 = sizing.ModelFacts(
+        id="m", task="generate", quantization="none", weight_dtype="bfloat16",
+        weight_bytes=10**8, layers=2, attention_heads=4, kv_heads=2, head_dim=64,
+        hidden_size=256, vocab_size=1000, max_positions=8192,
+    )
+    costs = sizing.costs_for(smollm2, "cpu")
+    assert costs.dtype == resolve_dtype("auto", on_cpu=True, quantized=False)
+    # float32 from bfloat16 weights: twice the bytes in memory, 4 bytes per KV value.
+    assert costs.weight_bytes == 2 * 10**8
+    assert costs.kv_bytes["auto"] == 2 * 2 * 2 * 64 * 4

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from zarf_vllm.backend.config import Settings
 from zarf_vllm.backend.logs import get_logger, log_event
+from zarf_vllm.model import sizing
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -25,11 +26,6 @@ if TYPE_CHECKING:
 # Texts longer than this are tokenized in a worker thread so one huge prompt does not stall
 # every other stream on the event loop; short ones are cheaper inline.
 _INLINE_TOKENIZE_CHARS = 4096
-
-# CPU features that compute bfloat16 natively; without them PyTorch emulates it. Measured on
-# an AVX2-only host with SmolLM2-135M: a 42-token prefill took 1.05-1.1 s in bfloat16 and
-# 0.20-0.22 s in float32, the same answers.
-_NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 logger = get_logger("engine")
 
@@ -50,26 +46,13 @@ class EngineFacts:
     per_request_seed: bool
 
 
-def cpu_flags() -> frozenset[str]:
-    """The host CPU's feature flags (Linux), empty where /proc/cpuinfo cannot be read."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    return frozenset(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def resolve_dtype(requested: str, *, on_cpu: bool, quantized: bool, flags: frozenset[str]) -> str:
-    """`auto` on a CPU without native bfloat16 becomes float32: vLLM's `auto` keeps the
-    weights' bfloat16, which such a CPU only emulates, several times slower (see above).
-    An explicit dtype is always kept (the chart's profiles set one, sized for it), and so is
-    a quantized model's, whose kernels choose their own."""
-    if requested != "auto" or not on_cpu or quantized or flags & _NATIVE_BF16_FLAGS:
+def resolve_dtype(requested: str, *, on_cpu: bool, quantized: bool) -> str:
+    """`auto` on the CPU is the sizing's CPU dtype (`sizing.cpu_dtype`: float32 unless
+    quantized), so that a backend started by hand runs what the chart sizes and renders.
+    An explicit dtype is always kept, and GPUs keep vLLM's own `auto`."""
+    if requested != "auto" or not on_cpu:
         return requested
-    return "float32"
+    return sizing.cpu_dtype(quantized)
 
 
 def engine_args(settings: Settings, is_embedding: bool, dtype: str) -> dict[str, Any]:
@@ -128,19 +111,10 @@ class Engine:
         on_cpu = current_platform.is_cpu()
         requested = settings.engine.dtype
         dtype = resolve_dtype(
-            requested,
-            on_cpu=on_cpu,
-            quantized=settings.engine.quantization is not None,
-            flags=cpu_flags(),
+            requested, on_cpu=on_cpu, quantized=settings.engine.quantization is not None
         )
         if dtype != requested:
-            log_event(
-                logger,
-                "engine dtype chosen",
-                requested=requested,
-                dtype=dtype,
-                reason="this CPU has no native bfloat16 (avx512_bf16 or amx_bf16)",
-            )
+            log_event(logger, "engine dtype chosen", requested=requested, dtype=dtype)
         args = engine_args(settings, is_embedding, dtype)
         llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
@@ -118,6 +119,15 @@ class Architecture(_Strict):
     head_dim: Annotated[int, Field(gt=0)]
     vocab_size: Annotated[int, Field(gt=0)]
     max_position_embeddings: Annotated[int, Field(gt=0)]
+    max_sequence_length: Annotated[
+        int | None,
+        Field(
+            gt=0,
+            description="A shorter input limit the model directory sets (sentence-transformers' "
+            "max_seq_length in sentence_bert_config.json), which vLLM derives max_model_len from; "
+            "null: max_position_embeddings",
+        ),
+    ] = None
     weight_dtype: Annotated[
         WeightDtype,
         Field(
@@ -126,6 +136,11 @@ class Architecture(_Strict):
         ),
     ]
     tied_embeddings: Annotated[bool, Field(description="tie_word_embeddings")]
+
+    @property
+    def context_limit(self) -> int:
+        """The longest sequence vLLM accepts for this model (its derived max_model_len)."""
+        return min(self.max_position_embeddings, self.max_sequence_length or sys.maxsize)
 
     @model_validator(mode="after")
     def _heads_divide(self) -> Architecture:

@@ -1,16 +1,23 @@
-"""Sizing: whether a model fits a hardware profile, and the engine values that make it fit.
+"""Sizing: whether a model fits the hardware, and the engine values that make it fit.
 
-Everything here is integer arithmetic on bytes and tokens, in a fixed order, because the
-chart repeats the same arithmetic in Go templates (`chart/templates/_sizing.tpl`) to apply
-the deploy-time overrides, and the two must agree to the token: `tests/test_chart.py`
-checks that they do. Change a formula here and there together.
+The formulas live here and nowhere else. They are used three times:
+- at `zarf package create`, `scripts/render-values` writes each profile's decided `Fit`
+  into the chart values, and the chart looks it up;
+- for deploy-time overrides, which cannot be decided ahead, the same step writes the model's
+  `Costs` (every byte count below, already worked out per tensor-parallel size and KV-cache
+  dtype) and the refusal texts (`MESSAGES`); the chart's small override check
+  (`chart/templates/_fit.tpl`) only adds up those numbers in the order `_fit()` does;
+- at start-up the backend checks its final settings against the machine it runs on
+  (`check_settings` callers in `zarf_vllm.backend`).
 
-The constants below are written into the rendered values (`constants()`), so the chart
-never carries a copy of its own.
+Everything is integer arithmetic on bytes and tokens, so Helm's int64 arithmetic gives the same
+numbers; tests/chart/test_chart.py checks that the chart and Python agree on every manifest x
+profile and on random overrides, to the word of the refusal.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from zarf_vllm.model.manifest import ModelManifest
@@ -87,6 +94,52 @@ DRAIN_MARGIN_SECONDS = 15
 CPU_QUANTIZATIONS = ("none", "awq", "gptq")
 
 
+# The GPU_COUNT variable's upper bound: costs are written for every tensor-parallel size up to it.
+MAX_GPUS = 64
+
+# Refusal texts, printf-style (%s, %d only). Python formats them here; the rendered values carry
+# the same strings to the chart's override check, which formats them with the same numbers.
+MESSAGES = {
+    "flavor": "profile %s needs the %s flavor of this package, which was created with --flavor %s",
+    "gpuOnly": "%s does not apply to the cpu profile, which runs without GPUs",
+    "cpuOnly": "CPU_KVCACHE_GIB applies only to the cpu profile; profile %s keeps its KV cache "
+    "in GPU memory",
+    "cpuQuantization": "%s is %s-quantized, which vLLM-CPU does not run",
+    "customNeedsGpus": "profile %s needs GPU_COUNT and GPU_MEMORY_GIB: the GPUs one node gives "
+    "the model and the memory of each in GiB (e.g. GPU_COUNT=2, GPU_MEMORY_GIB=48)",
+    "tooLong": "MAX_MODEL_LEN=%d exceeds the %d tokens %s accepts (max_position_embeddings, or "
+    "the shorter input limit of its model directory)",
+    "embedBatch": "%s is an embedding model, which vLLM runs without chunked prefill: "
+    "max_num_batched_tokens (%d) must be at least max_model_len (%d)",
+    "batchSeqs": "max_num_batched_tokens (%d) must be at least max_num_seqs (%d): vLLM refuses "
+    "fewer (set MAX_NUM_BATCHED_TOKENS or MAX_NUM_SEQS)",
+    "badTensorParallel": "TENSOR_PARALLEL_SIZE=%d does not suit %s on %d GPU(s): it must divide "
+    "the attention heads (%d), the KV heads (%d) and the GPU count (%d); valid sizes: %s",
+    "gpuBudget": "%s does not fit profile %s: at tensor parallel %d on %d x %s GiB GPU(s), "
+    "gpu_memory_utilization %s allows %s GiB per GPU",
+    "gpuNoRoom": "%s, and each GPU needs %s GiB of weights + %s GiB of activations + %s GiB of "
+    "runtime reserve = %s GiB",
+    "gpuShortKv": "%s, which leaves %s GiB for the KV cache after %s GiB of weights, %s GiB of "
+    "activations and %s GiB of reserve: room for %d tokens at %d bytes per token, and %s needs "
+    "%s GiB per GPU",
+    "cpuShortKv": "%s does not fit profile %s: a %d GiB KV cache (CPU_KVCACHE_GIB) holds %d "
+    "tokens at %d bytes per token, and %s needs %s GiB",
+    "neededSet": "MAX_MODEL_LEN=%d",
+    "neededAuto": "a usable context of %d tokens",
+    "hostParts": "%s GiB weights + %s GiB runtime",
+    "hostPartsKv": " + %d GiB KV cache",
+    "hostPartsShm": " + %d GiB /dev/shm",
+    "hostBelowNeed": "HOST_MEMORY_GIB=%d is less than the %d GiB of host memory %s needs on "
+    "profile %s (%s)",
+    "hostOverNode": "%s needs %d GiB of host memory on profile %s (%s), more than the %d GiB a "
+    "node of this profile gives one pod; set HOST_MEMORY_GIB if your nodes have more",
+    # What a refusal for lack of room adds: the profiles that fit, the manifests that fit.
+    "fitsProfiles": ". Profiles that fit %s without overrides: %s",
+    "fitsNoProfile": ". No profile fits %s",
+    "fitsManifests": ". Manifests that fit profile %s: %s",
+}
+
+
 class Refused(ValueError):
     """The profile cannot serve the model. `fit` is True for a lack of room (then the caller
     adds the profiles and manifests that would fit), False for a bad choice of values."""
@@ -94,6 +147,21 @@ class Refused(ValueError):
     def __init__(self, message: str, *, fit: bool) -> None:
         super().__init__(message)
         self.fit = fit
+
+
+def _refused(key: str, *args: object, fit: bool) -> Refused:
+    return Refused(MESSAGES[key] % args, fit=fit)
+
+
+def cpu_dtype(quantized: bool) -> str:
+    """The dtype vLLM-CPU computes in: float32 for every unquantized model, on every CPU.
+
+    On CPUs without native bfloat16 (AVX2 only) PyTorch emulates bfloat16, about 5x slower
+    (SmolLM2-135M, 42-token prefill: 1.05-1.1 s in bfloat16, 0.20-0.22 s in float32). On a
+    host with native bfloat16 (AMX) the demo model's greedy answer to "What is the capital of
+    France?" went wrong in bfloat16 and right in float32. float32 is right on both and the
+    sizing counts its 4 bytes per value. Quantized kernels choose their own dtype ("auto")."""
+    return "auto" if quantized else "float32"
 
 
 @dataclass(frozen=True)
@@ -111,7 +179,7 @@ class ModelFacts:
     head_dim: int
     hidden_size: int
     vocab_size: int
-    max_positions: int
+    max_positions: int  # the longest sequence vLLM accepts for the model
 
     @classmethod
     def from_manifest(cls, manifest: ModelManifest) -> ModelFacts:
@@ -128,7 +196,7 @@ class ModelFacts:
             head_dim=arch.head_dim,
             hidden_size=arch.hidden_size,
             vocab_size=arch.vocab_size,
-            max_positions=arch.max_position_embeddings,
+            max_positions=arch.context_limit,
         )
 
     @property
@@ -144,9 +212,8 @@ class ModelFacts:
         return min(USABLE_CONTEXT, align(self.max_positions))
 
     @property
-    def cpu_dtype(self) -> str:
-        """vLLM-CPU computes in bfloat16 (AVX-512 BF16/AMX); float32 weights stay float32."""
-        return "float32" if self.weight_dtype == "float32" else "bfloat16"
+    def quantized(self) -> bool:
+        return self.quantization != "none"
 
 
 @dataclass(frozen=True)
@@ -173,7 +240,7 @@ class Hardware:
 
 @dataclass(frozen=True)
 class Overrides:
-    """Deploy-time variables; None means "the profile's"."""
+    """Deploy-time variables (or a backend's final settings); None means "the profile's"."""
 
     gpu_count: int | None = None
     gpu_memory_gib: int | None = None
@@ -198,6 +265,95 @@ GPU_ONLY_VARIABLES = {
     "util_permille": "GPU_MEMORY_UTILIZATION",
     "kv_cache_dtype": "KV_CACHE_DTYPE",
 }
+
+
+@dataclass(frozen=True)
+class TpCost:
+    """One tensor-parallel size: what each GPU holds besides activations and KV cache, and
+    what the pod needs beside the weights."""
+
+    weight_bytes: int  # each rank's share of the weights
+    reserve_bytes: int  # per GPU: CUDA/NCCL workspaces, graphs, fragmentation
+    host_runtime_bytes: int  # host memory of the processes, before activations (CPU)
+    shm_gib: int  # /dev/shm
+
+
+@dataclass(frozen=True)
+class Costs:
+    """One model on one kind of hardware (cpu or cuda), as byte and token counts: every
+    quantity a fit adds up, so that the chart can re-add them for overrides."""
+
+    model: str
+    flavor: str
+    embedding: bool
+    quantization: str
+    dtype: str  # what the engine computes in
+    max_positions: int
+    min_context: int
+    weight_bytes: int  # the weights in memory, at the compute dtype
+    kv_bytes: dict[str, int]  # per token, by KV-cache dtype; 0: no KV cache
+    activation_bytes_per_batched_token: int
+    activation_bytes_per_seq: int
+    tensor_parallel: dict[int, TpCost]  # the sizes that split every head evenly
+    attention_heads: int
+    kv_heads: int
+    startup_seconds: int
+
+
+def tp_candidates(model: ModelFacts, gpu_count: int) -> list[int]:
+    """Tensor-parallel sizes vLLM accepts: each rank gets whole attention and KV heads, and the
+    node's GPUs split evenly."""
+    return [
+        t
+        for t in range(1, gpu_count + 1)
+        if model.attention_heads % t == 0 and model.kv_heads % t == 0 and gpu_count % t == 0
+    ]
+
+
+def costs_for(model: ModelFacts, flavor: str) -> Costs:
+    """The formulas: what the model costs on the CPU (vLLM-CPU) or on NVIDIA GPUs."""
+    on_cpu = flavor == "cpu"
+    dtype = cpu_dtype(model.quantized) if on_cpu else "auto"
+    # float32 from 16-bit weights doubles them in memory; "auto" keeps the checkpoint's dtype.
+    widen = 2 if dtype == "float32" and model.weight_dtype in ("bfloat16", "float16") else 1
+    weight_bytes = model.weight_bytes * widen
+    # KV values are stored in the compute dtype (4 bytes in float32, else 2), or fp8 (1).
+    value_bytes = 4 if dtype == "float32" else 2
+    kv_bytes = {"auto": model.kv_elements_per_token * value_bytes}
+    if not on_cpu:
+        kv_bytes["fp8"] = model.kv_elements_per_token
+    if on_cpu:
+        sizes = {1: TpCost(0, 0, HOST_RUNTIME_BYTES, CPU_SHM_GIB)}
+    else:
+        sizes = {
+            t: TpCost(
+                weight_bytes=ceil_div(weight_bytes, t),
+                reserve_bytes=GPU_RESERVE_BYTES + (TP_RESERVE_BYTES if t > 1 else 0),
+                host_runtime_bytes=HOST_RUNTIME_BYTES + HOST_BYTES_PER_GPU_WORKER * t,
+                shm_gib=t * SHM_BYTES_PER_RANK // GIB if t > 1 else 0,
+            )
+            for t in tp_candidates(model, MAX_GPUS)
+        }
+    return Costs(
+        model=model.id,
+        flavor=flavor,
+        embedding=model.task == "embed",
+        quantization=model.quantization,
+        dtype=dtype,
+        max_positions=model.max_positions,
+        min_context=model.min_context,
+        weight_bytes=weight_bytes,
+        kv_bytes=kv_bytes,
+        # The activation constant is for 16-bit values; float32 holds twice the bytes.
+        activation_bytes_per_batched_token=(
+            model.hidden_size * ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN * value_bytes // 2
+        ),
+        activation_bytes_per_seq=model.vocab_size * SAMPLER_BYTES_PER_SEQ_PER_VOCAB,
+        tensor_parallel=sizes,
+        attention_heads=model.attention_heads,
+        kv_heads=model.kv_heads,
+        startup_seconds=startup_seconds(model),
+    )
 
 
 @dataclass(frozen=True)
@@ -255,45 +411,8 @@ def parse_permille(text: str) -> int:
     return int((text.split(".", 1)[1] + "00")[:3])
 
 
-def constants() -> dict[str, object]:
-    """The constants the chart's helper reads from the rendered values."""
-    return {
-        "gib": GIB,
-        "mib": MIB,
-        "blockSize": BLOCK_SIZE,
-        "usableContext": USABLE_CONTEXT,
-        "usefulKvSequences": USEFUL_KV_SEQUENCES,
-        "activationBytesPerTokenPerHidden": ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN,
-        "samplerBytesPerSeqPerVocab": SAMPLER_BYTES_PER_SEQ_PER_VOCAB,
-        "gpuReserveBytes": GPU_RESERVE_BYTES,
-        "tpReserveBytes": TP_RESERVE_BYTES,
-        "hostRuntimeBytes": HOST_RUNTIME_BYTES,
-        "hostBytesPerGpuWorker": HOST_BYTES_PER_GPU_WORKER,
-        "shmBytesPerRank": SHM_BYTES_PER_RANK,
-        "cpuShmGib": CPU_SHM_GIB,
-        "startupBaseSeconds": STARTUP_BASE_SECONDS,
-        "loadBytesPerSecond": LOAD_BYTES_PER_SECOND,
-        "probePeriodSeconds": PROBE_PERIOD_SECONDS,
-        "drainMarginSeconds": DRAIN_MARGIN_SECONDS,
-        "cpuQuantizations": list(CPU_QUANTIZATIONS),
-    }
-
-
-def activation_bytes(model: ModelFacts, max_num_seqs: int, max_num_batched_tokens: int) -> int:
-    return (
-        max_num_batched_tokens * model.hidden_size * ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN
-        + max_num_seqs * model.vocab_size * SAMPLER_BYTES_PER_SEQ_PER_VOCAB
-    )
-
-
-def tp_candidates(model: ModelFacts, gpu_count: int) -> list[int]:
-    """Tensor-parallel sizes vLLM accepts: each rank gets whole attention and KV heads, and the
-    node's GPUs split evenly."""
-    return [
-        t
-        for t in range(1, gpu_count + 1)
-        if model.attention_heads % t == 0 and model.kv_heads % t == 0 and gpu_count % t == 0
-    ]
+def startup_seconds(model: ModelFacts) -> int:
+    return STARTUP_BASE_SECONDS + model.weight_bytes // LOAD_BYTES_PER_SECOND
 
 
 def size(
@@ -304,68 +423,120 @@ def size(
 ) -> Fit:
     """The values the profile runs the model with, or Refused with the reason in numbers."""
     if flavor is not None and hardware.flavor != flavor:
-        raise Refused(
-            f"profile {hardware.name} needs the {hardware.flavor} flavor of this package, "
-            f"which was created with --flavor {flavor}",
-            fit=False,
-        )
-    if hardware.gpu_count == 0:
-        return _size_cpu(model, hardware, overrides)
-    return _size_gpu(model, hardware, overrides)
+        raise _refused("flavor", hardware.name, hardware.flavor, flavor, fit=False)
+    return fit(costs_for(model, hardware.flavor), hardware, overrides)
 
 
-def _context_and_batch(
-    model: ModelFacts, hardware: Hardware, overrides: Overrides
-) -> tuple[int, int, int]:
+def fit(costs: Costs, hardware: Hardware, overrides: Overrides = NO_OVERRIDES) -> Fit:
+    """The fit of one model's costs on one profile's hardware, step by step as the chart's
+    override check repeats it."""
+    _check_variables(costs, hardware, overrides)
+    required, seqs, batched = _context_and_batch(costs, hardware, overrides)
+    activation = (
+        costs.activation_bytes_per_batched_token * batched
+        + costs.activation_bytes_per_seq * seqs
+    )
+    if hardware.flavor == "cpu":
+        return _fit_cpu(costs, hardware, overrides, required, seqs, batched, activation)
+    return _fit_gpu(costs, hardware, overrides, required, seqs, batched, activation)
+
+
+def _check_variables(costs: Costs, hardware: Hardware, overrides: Overrides) -> None:
+    if hardware.flavor == "cpu":
+        for field, variable in GPU_ONLY_VARIABLES.items():
+            if getattr(overrides, field) is not None:
+                raise _refused("gpuOnly", variable, fit=False)
+        if costs.quantization not in CPU_QUANTIZATIONS:
+            raise _refused("cpuQuantization", costs.model, costs.quantization, fit=True)
+    elif overrides.cpu_kvcache_gib is not None:
+        raise _refused("cpuOnly", hardware.name, fit=False)
+
+
+def _context_and_batch(costs: Costs, hardware: Hardware, o: Overrides) -> tuple[int, int, int]:
     """(required context, max_num_seqs, max_num_batched_tokens), checked as vLLM checks them."""
-    if overrides.max_model_len is not None and overrides.max_model_len > model.max_positions:
-        raise Refused(
-            f"MAX_MODEL_LEN={overrides.max_model_len} exceeds the {model.max_positions} tokens "
-            f"{model.id} was trained for (max_position_embeddings)",
-            fit=False,
-        )
-    required = overrides.max_model_len or model.min_context
-    seqs = overrides.max_num_seqs or hardware.max_num_seqs
-    batched = overrides.max_num_batched_tokens or hardware.max_num_batched_tokens
-    if model.task == "embed":
+    if o.max_model_len is not None and o.max_model_len > costs.max_positions:
+        raise _refused("tooLong", o.max_model_len, costs.max_positions, costs.model, fit=False)
+    required = o.max_model_len or costs.min_context
+    seqs = o.max_num_seqs or hardware.max_num_seqs
+    batched = o.max_num_batched_tokens or hardware.max_num_batched_tokens
+    if costs.embedding:
         # Pooling models run without chunked prefill: a whole input must fit one batch.
-        length = overrides.max_model_len or _auto_len(model, hardware, None)
-        if overrides.max_num_batched_tokens is None:
+        length = o.max_model_len or _auto_len(costs, hardware, None)
+        if o.max_num_batched_tokens is None:
             batched = max(batched, length)
         if batched < length:
-            raise Refused(
-                f"{model.id} is an embedding model, which vLLM runs without chunked prefill: "
-                f"max_num_batched_tokens ({batched}) must be at least max_model_len ({length})",
-                fit=False,
-            )
+            raise _refused("embedBatch", costs.model, batched, length, fit=False)
     if batched < seqs:
-        raise Refused(
-            f"max_num_batched_tokens ({batched}) must be at least max_num_seqs ({seqs}): vLLM "
-            f"refuses fewer (set MAX_NUM_BATCHED_TOKENS or MAX_NUM_SEQS)",
-            fit=False,
-        )
+        raise _refused("batchSeqs", batched, seqs, fit=False)
     return required, seqs, batched
 
 
-def _auto_len(model: ModelFacts, hardware: Hardware, capacity: int | None) -> int:
+def _auto_len(costs: Costs, hardware: Hardware, capacity: int | None) -> int:
     """The longest context the model, the profile's class and the KV cache allow."""
-    length = min(model.max_positions, hardware.max_model_len)
+    length = min(costs.max_positions, hardware.max_model_len)
     if capacity is not None:
         length = min(length, capacity)
     return align(length)
 
 
-def _what_needs(overrides: Overrides, required: int) -> str:
-    if overrides.max_model_len is not None:
-        return f"MAX_MODEL_LEN={required}"
-    return f"a usable context of {required} tokens"
+def _needed(o: Overrides, required: int) -> str:
+    return MESSAGES["neededSet" if o.max_model_len is not None else "neededAuto"] % required
+
+
+def _fit_cpu(
+    costs: Costs,
+    hw: Hardware,
+    o: Overrides,
+    required: int,
+    seqs: int,
+    batched: int,
+    activation: int,
+) -> Fit:
+    kv_bytes = costs.kv_bytes["auto"]
+    kv_gib = o.cpu_kvcache_gib or hw.cpu_kvcache_gib or 0
+    capacity = kv_gib * GIB // kv_bytes if kv_bytes else None
+    if capacity is not None and capacity < required:
+        raise _refused(
+            "cpuShortKv",
+            costs.model,
+            hw.name,
+            kv_gib,
+            capacity,
+            kv_bytes,
+            _needed(o, required),
+            gib(required * kv_bytes),
+            fit=True,
+        )
+    one = costs.tensor_parallel[1]
+    runtime = one.host_runtime_bytes + activation
+    return Fit(
+        profile=hw.name,
+        model=costs.model,
+        gpus=0,
+        gpu_memory_mib=0,
+        tensor_parallel_size=1,
+        dtype=costs.dtype,
+        kv_cache_dtype="auto",
+        util_permille=hw.util_permille,
+        max_model_len=o.max_model_len or _auto_len(costs, hw, capacity),
+        max_num_seqs=seqs,
+        max_num_batched_tokens=batched,
+        enforce_eager=hw.enforce_eager,
+        cpu_kvcache_gib=kv_gib,
+        kv_bytes_per_token=kv_bytes,
+        kv_capacity_tokens=capacity,
+        shm_gib=one.shm_gib,
+        host_memory_gib=_host_memory(costs, hw, o, runtime, kv_gib, one.shm_gib),
+        host_cpu=o.host_cpu or hw.host_cpu,
+        startup_seconds=costs.startup_seconds,
+    )
 
 
 @dataclass(frozen=True)
 class _GpuBudget:
-    """One GPU's memory for one model, as a function of the tensor-parallel size t."""
+    """Each GPU's memory for one model, as a function of the tensor-parallel size t."""
 
-    model: ModelFacts
+    costs: Costs
     profile: str
     gpu_count: int
     memory_mib: int
@@ -378,16 +549,10 @@ class _GpuBudget:
         """What vLLM may use of each GPU: total x gpu_memory_utilization."""
         return self.memory_mib * MIB * self.util_permille // 1000
 
-    def reserve(self, t: int) -> int:
-        return GPU_RESERVE_BYTES + (TP_RESERVE_BYTES if t > 1 else 0)
-
-    def weights(self, t: int) -> int:
-        """Each rank holds 1/t of the weights (embeddings and heads are split too)."""
-        return ceil_div(self.model.weight_bytes, t)
-
     def room(self, t: int) -> int:
         """Bytes per GPU left for the KV cache."""
-        return self.budget - self.weights(t) - self.activation - self.reserve(t)
+        cost = self.costs.tensor_parallel[t]
+        return self.budget - cost.weight_bytes - self.activation - cost.reserve_bytes
 
     def capacity(self, t: int) -> int:
         """Tokens the whole KV cache holds: each rank keeps 1/t of every token's KV heads."""
@@ -397,191 +562,143 @@ class _GpuBudget:
     def holds(self, t: int, tokens: int) -> bool:
         return self.room(t) >= 0 if self.kv_bytes == 0 else self.capacity(t) >= tokens
 
-    def misfit(self, t: int, what: str, required: int) -> str:
-        where = (
-            f"{self.model.id} does not fit profile {self.profile}: at tensor parallel {t} on "
-            f"{self.gpu_count} x {gib(self.memory_mib * MIB)} GiB GPU(s), "
-            f"gpu_memory_utilization {permille(self.util_permille)} allows {gib(self.budget)} "
-            f"GiB per GPU"
+    def misfit(self, t: int, needed: str, required: int) -> Refused:
+        cost = self.costs.tensor_parallel[t]
+        where = MESSAGES["gpuBudget"] % (
+            self.costs.model,
+            self.profile,
+            t,
+            self.gpu_count,
+            gib(self.memory_mib * MIB),
+            permille(self.util_permille),
+            gib(self.budget),
         )
-        weights, activation, reserve = self.weights(t), self.activation, self.reserve(t)
+        weights, activation, reserve = cost.weight_bytes, self.activation, cost.reserve_bytes
         if self.room(t) < 0 or self.kv_bytes == 0:
-            return (
-                f"{where}, and each GPU needs {gib(weights)} GiB of weights + {gib(activation)} "
-                f"GiB of activations + {gib(reserve)} GiB of runtime reserve = "
-                f"{gib(weights + activation + reserve)} GiB"
-            )
-        return (
-            f"{where}, which leaves {gib(self.room(t))} GiB for the KV cache after {gib(weights)} "
-            f"GiB of weights, {gib(activation)} GiB of activations and {gib(reserve)} GiB of "
-            f"reserve: room for {self.capacity(t)} tokens at {self.kv_bytes} bytes per token, "
-            f"and {what} needs {gib(ceil_div(required * self.kv_bytes, t))} GiB per GPU"
+            total = weights + activation + reserve
+            parts = (gib(weights), gib(activation), gib(reserve), gib(total))
+            return _refused("gpuNoRoom", where, *parts, fit=True)
+        return _refused(
+            "gpuShortKv",
+            where,
+            gib(self.room(t)),
+            gib(weights),
+            gib(activation),
+            gib(reserve),
+            self.capacity(t),
+            self.kv_bytes,
+            needed,
+            gib(ceil_div(required * self.kv_bytes, t)),
+            fit=True,
         )
 
 
-def _size_gpu(model: ModelFacts, hardware: Hardware, overrides: Overrides) -> Fit:
-    if overrides.cpu_kvcache_gib is not None:
-        raise Refused(
-            f"CPU_KVCACHE_GIB applies only to the cpu profile; profile {hardware.name} keeps "
-            f"its KV cache in GPU memory",
-            fit=False,
-        )
-    gpu_count = overrides.gpu_count or hardware.gpu_count
-    memory_mib = (
-        overrides.gpu_memory_gib * 1024
-        if overrides.gpu_memory_gib is not None
-        else hardware.gpu_memory_mib
-    )
+def _fit_gpu(
+    costs: Costs,
+    hw: Hardware,
+    o: Overrides,
+    required: int,
+    seqs: int,
+    batched: int,
+    activation: int,
+) -> Fit:
+    gpu_count = o.gpu_count or hw.gpu_count
+    memory_mib = o.gpu_memory_gib * 1024 if o.gpu_memory_gib is not None else hw.gpu_memory_mib
     if gpu_count is None or memory_mib is None:
-        raise Refused(
-            f"profile {hardware.name} needs GPU_COUNT and GPU_MEMORY_GIB: the GPUs one node "
-            f"gives the model and the memory of each in GiB (e.g. GPU_COUNT=2, "
-            f"GPU_MEMORY_GIB=48)",
-            fit=False,
-        )
-    required, seqs, batched = _context_and_batch(model, hardware, overrides)
-    kv_dtype = overrides.kv_cache_dtype or "auto"
+        raise _refused("customNeedsGpus", hw.name, fit=False)
+    kv_dtype = o.kv_cache_dtype or "auto"
     gpu = _GpuBudget(
-        model=model,
-        profile=hardware.name,
+        costs=costs,
+        profile=hw.name,
         gpu_count=gpu_count,
         memory_mib=memory_mib,
-        util_permille=overrides.util_permille or hardware.util_permille,
-        # fp8 stores one byte per value; "auto" follows the 16-bit compute dtype.
-        kv_bytes=model.kv_elements_per_token * (1 if kv_dtype == "fp8" else 2),
-        activation=activation_bytes(model, seqs, batched),
+        util_permille=o.util_permille or hw.util_permille,
+        kv_bytes=costs.kv_bytes[kv_dtype],
+        activation=activation,
     )
-    candidates = tp_candidates(model, gpu_count)
-    if overrides.tensor_parallel_size is not None:
-        tp = overrides.tensor_parallel_size
+    candidates = [t for t in costs.tensor_parallel if gpu_count % t == 0]
+    if o.tensor_parallel_size is not None:
+        tp = o.tensor_parallel_size
         if tp not in candidates:
-            raise Refused(
-                f"TENSOR_PARALLEL_SIZE={tp} does not suit {model.id} on {gpu_count} GPU(s): it "
-                f"must divide the attention heads ({model.attention_heads}), the KV heads "
-                f"({model.kv_heads}) and the GPU count ({gpu_count}); valid sizes: "
-                f"{', '.join(str(c) for c in candidates)}",
+            valid = ", ".join(str(c) for c in candidates)
+            raise _refused(
+                "badTensorParallel",
+                tp,
+                costs.model,
+                gpu_count,
+                costs.attention_heads,
+                costs.kv_heads,
+                gpu_count,
+                valid,
                 fit=False,
             )
     else:
         # The smallest size with a useful cache leaves the node's other GPUs free; failing
         # that, the largest size the heads allow gives the most room.
-        target = overrides.max_model_len or _auto_len(model, hardware, None)
+        target = o.max_model_len or _auto_len(costs, hw, None)
         useful = USEFUL_KV_SEQUENCES * target
         tp = next((t for t in candidates if gpu.holds(t, useful)), candidates[-1])
     if not gpu.holds(tp, required):
-        raise Refused(gpu.misfit(tp, _what_needs(overrides, required), required), fit=True)
-    kv_capacity = gpu.capacity(tp) if gpu.kv_bytes else None
-    shm_gib = tp * SHM_BYTES_PER_RANK // GIB if tp > 1 else 0
-    runtime = HOST_RUNTIME_BYTES + HOST_BYTES_PER_GPU_WORKER * tp
+        raise gpu.misfit(tp, _needed(o, required), required)
+    capacity = gpu.capacity(tp) if gpu.kv_bytes else None
+    cost = costs.tensor_parallel[tp]
     return Fit(
-        profile=hardware.name,
-        model=model.id,
+        profile=hw.name,
+        model=costs.model,
         gpus=tp,
         gpu_memory_mib=memory_mib,
         tensor_parallel_size=tp,
-        dtype="auto",
+        dtype=costs.dtype,
         kv_cache_dtype=kv_dtype,
         util_permille=gpu.util_permille,
-        max_model_len=overrides.max_model_len or _auto_len(model, hardware, kv_capacity),
+        max_model_len=o.max_model_len or _auto_len(costs, hw, capacity),
         max_num_seqs=seqs,
         max_num_batched_tokens=batched,
-        enforce_eager=hardware.enforce_eager,
+        enforce_eager=hw.enforce_eager,
         cpu_kvcache_gib=None,
         kv_bytes_per_token=gpu.kv_bytes,
-        kv_capacity_tokens=kv_capacity,
-        shm_gib=shm_gib,
-        host_memory_gib=_host_memory(model, hardware, overrides, runtime, shm_gib=shm_gib),
-        host_cpu=overrides.host_cpu or hardware.host_cpu * tp,
-        startup_seconds=startup_seconds(model),
-    )
-
-
-def _size_cpu(model: ModelFacts, hardware: Hardware, overrides: Overrides) -> Fit:
-    for field, variable in GPU_ONLY_VARIABLES.items():
-        if getattr(overrides, field) is not None:
-            raise Refused(
-                f"{variable} does not apply to the cpu profile, which runs without GPUs",
-                fit=False,
-            )
-    if model.quantization not in CPU_QUANTIZATIONS:
-        raise Refused(
-            f"{model.id} is {model.quantization}-quantized, which vLLM-CPU does not run",
-            fit=True,
-        )
-    required, seqs, batched = _context_and_batch(model, hardware, overrides)
-    dtype = model.cpu_dtype
-    kv_bytes = model.kv_elements_per_token * (4 if dtype == "float32" else 2)
-    kv_gib = overrides.cpu_kvcache_gib or hardware.cpu_kvcache_gib or 0
-    kv_capacity = kv_gib * GIB // kv_bytes if kv_bytes else None
-    if kv_capacity is not None and kv_capacity < required:
-        raise Refused(
-            f"{model.id} does not fit profile {hardware.name}: a {kv_gib} GiB KV cache "
-            f"(CPU_KVCACHE_GIB) holds {kv_capacity} tokens at {kv_bytes} bytes per token, and "
-            f"{_what_needs(overrides, required)} needs {gib(required * kv_bytes)} GiB",
-            fit=True,
-        )
-    runtime = HOST_RUNTIME_BYTES + activation_bytes(model, seqs, batched)
-    return Fit(
-        profile=hardware.name,
-        model=model.id,
-        gpus=0,
-        gpu_memory_mib=0,
-        tensor_parallel_size=1,
-        dtype=dtype,
-        kv_cache_dtype="auto",
-        util_permille=hardware.util_permille,
-        max_model_len=overrides.max_model_len or _auto_len(model, hardware, kv_capacity),
-        max_num_seqs=seqs,
-        max_num_batched_tokens=batched,
-        enforce_eager=hardware.enforce_eager,
-        cpu_kvcache_gib=kv_gib,
-        kv_bytes_per_token=kv_bytes,
-        kv_capacity_tokens=kv_capacity,
-        shm_gib=CPU_SHM_GIB,
-        host_memory_gib=_host_memory(
-            model, hardware, overrides, runtime, kv_gib=kv_gib, shm_gib=CPU_SHM_GIB
-        ),
-        host_cpu=overrides.host_cpu or hardware.host_cpu,
-        startup_seconds=startup_seconds(model),
+        kv_capacity_tokens=capacity,
+        shm_gib=cost.shm_gib,
+        host_memory_gib=_host_memory(costs, hw, o, cost.host_runtime_bytes, 0, cost.shm_gib),
+        host_cpu=o.host_cpu or hw.host_cpu * tp,
+        startup_seconds=costs.startup_seconds,
     )
 
 
 def _host_memory(
-    model: ModelFacts,
-    hardware: Hardware,
-    overrides: Overrides,
-    runtime: int,
-    *,
-    kv_gib: int = 0,
-    shm_gib: int = 0,
+    costs: Costs, hw: Hardware, o: Overrides, runtime: int, kv_gib: int, shm_gib: int
 ) -> int:
     """GiB of host memory the pod requests (and is limited to): what loading needs, checked
-    against what the operator set (HOST_MEMORY_GIB) or else what the profile's nodes give."""
-    need = ceil_div(model.weight_bytes + runtime + (kv_gib + shm_gib) * GIB, GIB)
-    parts = f"{gib(model.weight_bytes)} GiB weights + {gib(runtime)} GiB runtime"
+    against what the operator set (HOST_MEMORY_GIB) or else what the profile's nodes give.
+    The safetensors are mmapped and cgroup v2 charges that page cache to the pod, so the
+    weights count in full."""
+    need = ceil_div(costs.weight_bytes + runtime + (kv_gib + shm_gib) * GIB, GIB)
+    parts = MESSAGES["hostParts"] % (gib(costs.weight_bytes), gib(runtime))
     if kv_gib:
-        parts += f" + {kv_gib} GiB KV cache"
+        parts += MESSAGES["hostPartsKv"] % kv_gib
     if shm_gib:
-        parts += f" + {shm_gib} GiB /dev/shm"
-    requested = overrides.host_memory_gib
-    if requested is not None:
-        if requested < need:
-            raise Refused(
-                f"HOST_MEMORY_GIB={requested} is less than the {need} GiB of host memory "
-                f"{model.id} needs on profile {hardware.name} ({parts})",
-                fit=True,
+        parts += MESSAGES["hostPartsShm"] % shm_gib
+    if o.host_memory_gib is not None:
+        if o.host_memory_gib < need:
+            raise _refused(
+                "hostBelowNeed", o.host_memory_gib, need, costs.model, hw.name, parts, fit=True
             )
-        return requested
-    cap = hardware.host_memory_gib
-    if cap is not None and need > cap:
-        raise Refused(
-            f"{model.id} needs {need} GiB of host memory on profile {hardware.name} ({parts}), "
-            f"more than the {cap} GiB a node of this profile gives one pod; set HOST_MEMORY_GIB "
-            f"if your nodes have more",
-            fit=True,
+        return o.host_memory_gib
+    if hw.host_memory_gib is not None and need > hw.host_memory_gib:
+        raise _refused(
+            "hostOverNode", costs.model, need, hw.name, parts, hw.host_memory_gib, fit=True
         )
     return need
 
 
-def startup_seconds(model: ModelFacts) -> int:
-    return STARTUP_BASE_SECONDS + model.weight_bytes // LOAD_BYTES_PER_SECOND
+def alternatives(model_id: str, fits: Sequence[str], manifests: Sequence[str], profile: str) -> str:
+    """What a refusal for lack of room adds: the profiles that fit the model, the manifests
+    that fit the profile (the chart's refusals add the same, from the same MESSAGES)."""
+    text = (
+        MESSAGES["fitsProfiles"] % (model_id, ", ".join(fits))
+        if fits
+        else MESSAGES["fitsNoProfile"] % model_id
+    )
+    if manifests:
+        text += MESSAGES["fitsManifests"] % (profile, ", ".join(manifests))
+    return text + "."

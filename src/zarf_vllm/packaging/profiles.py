@@ -10,6 +10,7 @@ override variables with the same arithmetic as `zarf_vllm.model.sizing`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from zarf_vllm import __version__
 from zarf_vllm.model import sizing
 from zarf_vllm.model.manifest import ManifestError, ModelManifest, load_manifest
-from zarf_vllm.model.sizing import NO_OVERRIDES, Fit, Hardware, ModelFacts, Overrides, Refused
+from zarf_vllm.model.sizing import (
+    NO_OVERRIDES,
+    Costs,
+    Fit,
+    Hardware,
+    ModelFacts,
+    Overrides,
+    Refused,
+)
 from zarf_vllm.packaging import project
 
 VALUES_TEMPLATE = "zarf/values.yaml.j2"
@@ -186,19 +195,6 @@ def fitting_manifests(profile: Profile, catalog: Iterable[ModelManifest]) -> lis
     return ids
 
 
-def alternatives(model_id: str, fits: Sequence[str], manifests: Sequence[str], profile: str) -> str:
-    """What a refusal adds: the profiles that fit the model, the manifests that fit the profile.
-    The chart's `zarf-vllm.alternatives` helper writes the same sentence."""
-    text = (
-        f". Profiles that fit {model_id} without overrides: {', '.join(fits)}"
-        if fits
-        else f". No profile fits {model_id}"
-    )
-    if manifests:
-        text += f". Manifests that fit profile {profile}: {', '.join(manifests)}"
-    return text + "."
-
-
 def size_or_refuse(
     manifest: ModelManifest,
     profile: Profile,
@@ -215,7 +211,8 @@ def size_or_refuse(
         if not exc.fit:
             raise
         fits = [o.fit.summary for o in outcomes(model, profiles) if o.fit]
-        suffix = alternatives(model.id, fits, fitting_manifests(profile, catalog), profile.name)
+        manifests = fitting_manifests(profile, catalog)
+        suffix = sizing.alternatives(model.id, fits, manifests, profile.name)
         raise Refused(str(exc) + suffix, fit=True) from exc
 
 
@@ -224,80 +221,101 @@ def model_image(manifest_id: str, version: str, flavor: str) -> tuple[str, str]:
     return IMAGE_REPOSITORY.format(id=manifest_id), f"{version}-{flavor}"
 
 
-def _profile_values(profile: Profile, outcome: Outcome | None, manifests: list[str]) -> dict:
-    """One profile as the chart reads it (camelCase; keys left out where a variable decides)."""
-    gpu = (
-        {}
-        if profile.variable_driven
-        else {
-            "count": profile.gpu.count,
-            "memoryMib": profile.gpu.memory_mib,
-        }
-    )
-    host: dict[str, int] = {"cpu": profile.hardware.host_cpu}
-    if profile.host.memory_gib is not None:
-        host["memoryGib"] = profile.host.memory_gib
-    engine: dict[str, object] = {
-        "gpuMemoryUtilizationPermille": profile.hardware.util_permille,
-        "maxModelLen": profile.engine.max_model_len,
-        "maxNumSeqs": profile.engine.max_num_seqs,
-        "maxNumBatchedTokens": profile.engine.max_num_batched_tokens,
-        "enforceEager": profile.engine.enforce_eager,
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def _camel_dict(obj: object) -> dict:
+    return {_camel(k): v for k, v in dataclasses.asdict(obj).items()}  # type: ignore[arg-type]
+
+
+def fit_values(fit: Fit) -> dict:
+    """A decided fit as the chart reads it; an absent KV cache is -1, as the chart's override
+    check writes it."""
+    values = _camel_dict(fit)
+    if fit.kv_capacity_tokens is None:
+        values["kvCapacityTokens"] = -1
+    return values
+
+
+def costs_values(costs: Costs) -> dict:
+    values = _camel_dict(costs)
+    values["tensorParallel"] = {
+        str(t): _camel_dict(cost) for t, cost in costs.tensor_parallel.items()
     }
-    if profile.engine.cpu_kvcache_space_gib is not None:
-        engine["cpuKvcacheGib"] = profile.engine.cpu_kvcache_space_gib
-    scheduling: dict[str, object] = {
-        "nodeSelector": profile.scheduling.node_selector,
-        "tolerations": [t.model_dump(exclude_none=True) for t in profile.scheduling.tolerations],
-    }
-    if profile.scheduling.runtime_class:
-        scheduling["runtimeClassName"] = profile.scheduling.runtime_class
-    if outcome is None:
-        note = "sized at deploy from GPU_COUNT and GPU_MEMORY_GIB"
-    elif outcome.fit is not None:
-        fit = outcome.fit
-        kv = (
-            "no KV cache"
-            if fit.kv_capacity_tokens is None
-            else (f"KV cache {fit.kv_capacity_tokens} tokens")
+    # Map keys are strings in Helm, and ranging over a map goes in string order ("16" < "2"):
+    # the override check walks the sizes through this list, smallest first, as Python does.
+    values["tensorParallelSizes"] = sorted(costs.tensor_parallel)
+    return values
+
+
+def _hardware_values(hardware: Hardware) -> dict:
+    values = _camel_dict(hardware)
+    values["flavor"] = hardware.flavor
+    return values
+
+
+def _profile_values(
+    profile: Profile,
+    manifest: ModelManifest,
+    profiles: Sequence[Profile],
+    catalog: Sequence[ModelManifest],
+) -> dict:
+    """One profile as the chart reads it: its hardware, where it schedules, and the fit (or
+    the refusal) decided here without overrides."""
+    try:
+        fit, refusal = size_or_refuse(manifest, profile, profiles, catalog), None
+    except Refused as exc:
+        fit, refusal = None, str(exc)
+    if fit is not None:
+        kv = "no KV cache" if fit.kv_capacity_tokens is None else (
+            f"KV cache {fit.kv_capacity_tokens} tokens"
         )
         note = (
             f"fits: TP {fit.tensor_parallel_size}, max_model_len {fit.max_model_len}, {kv}, "
             f"{fit.host_memory_gib} GiB host memory"
         )
     else:
-        note = f"refused: {outcome.reason}"
+        note = f"refused: {refusal}"
+    scheduling: dict[str, object] = {
+        "nodeSelector": profile.scheduling.node_selector,
+        "tolerations": [t.model_dump(exclude_none=True) for t in profile.scheduling.tolerations],
+    }
+    if profile.scheduling.runtime_class:
+        scheduling["runtimeClassName"] = profile.scheduling.runtime_class
     return {
         "note": note,
         "values": {
             "description": profile.description,
-            "gpu": gpu,
-            "host": host,
-            "engine": engine,
+            "hardware": _hardware_values(profile.hardware),
             "scheduling": scheduling,
-            "fitsManifests": manifests,
+            "fitsManifests": fitting_manifests(profile, catalog),
+            "fit": None if fit is None else fit_values(fit),
+            "refusal": refusal,
         },
     }
 
 
 def _model_values(manifest: ModelManifest) -> dict:
-    facts = ModelFacts.from_manifest(manifest)
     return {
         "id": manifest.id,
         "displayName": manifest.display_name,
         "path": f"/models/{manifest.id}",
         "manifest": f"/models/{manifest.id}.manifest.yaml",
-        "task": facts.task,
-        "quantization": facts.quantization,
-        "weightDtype": facts.weight_dtype,
-        "weightBytes": facts.weight_bytes,
-        "layers": facts.layers,
-        "attentionHeads": facts.attention_heads,
-        "kvHeads": facts.kv_heads,
-        "headDim": facts.head_dim,
-        "hiddenSize": facts.hidden_size,
-        "vocabSize": facts.vocab_size,
-        "maxPositions": facts.max_positions,
+    }
+
+
+def _constants() -> dict[str, object]:
+    """The few constants the chart's override check and the Deployment read."""
+    return {
+        "gib": sizing.GIB,
+        "mib": sizing.MIB,
+        "blockSize": sizing.BLOCK_SIZE,
+        "usefulKvSequences": sizing.USEFUL_KV_SEQUENCES,
+        "cpuQuantizations": list(sizing.CPU_QUANTIZATIONS),
+        "probePeriodSeconds": sizing.PROBE_PERIOD_SECONDS,
+        "drainMarginSeconds": sizing.DRAIN_MARGIN_SECONDS,
     }
 
 
@@ -317,7 +335,8 @@ def render_values(
     chart_dir = chart_dir or project.chart_dir()
     profiles = list(profiles if profiles is not None else load_profiles(chart_dir))
     catalog = list(catalog if catalog is not None else load_catalog())
-    results = {o.profile.name: o for o in outcomes(ModelFacts.from_manifest(manifest), profiles)}
+    model = ModelFacts.from_manifest(manifest)
+    costs = sizing.costs_for(model, flavor)
     repository, tag = model_image(manifest.id, version, flavor)
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(chart_dir),
@@ -333,13 +352,15 @@ def render_values(
         default_profile="cpu" if flavor == "cpu" else "",
         image={"repository": repository, "tag": tag},
         model=_model_values(manifest),
-        constants=sizing.constants(),
+        costs=costs_values(costs),
+        constants=_constants(),
+        startup_failure_threshold=sizing.ceil_div(
+            costs.startup_seconds, sizing.PROBE_PERIOD_SECONDS
+        ),
+        messages=sizing.MESSAGES,
         profile_names=[p.name for p in profiles],
-        fits=[o.fit.summary for o in results.values() if o.fit],
-        profiles={
-            p.name: _profile_values(p, results.get(p.name), fitting_manifests(p, catalog))
-            for p in profiles
-        },
+        fits=[o.fit.summary for o in outcomes(model, profiles) if o.fit],
+        profiles={p.name: _profile_values(p, manifest, profiles, catalog) for p in profiles},
     )
     check_values(yaml.safe_load(text), chart_dir)
     return text

@@ -70,6 +70,14 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(settings.server.log_level)
     configure_engine_logging(settings.server.log_level)
 
+    from zarf_vllm.backend.fit_check import check_this_machine
+
+    try:
+        # The chart's sizing, once more, against the machine itself: before anything serves.
+        check_this_machine(settings.engine, manifest)
+    except ConfigError as exc:
+        raise CommandError(str(exc), exit_code=2) from exc
+
     from zarf_vllm.backend.server import run as run_server
 
     return asyncio.run(run_server(settings, manifest))

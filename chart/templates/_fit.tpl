@@ -1,0 +1,184 @@
+{{/*
+The fit the pod runs with: {{ $fit := include "zarf-vllm.fit" . | fromJson }}.
+
+Every number is decided by src/zarf_vllm/model/sizing.py. Without sizing overrides the chart
+looks up the profile's `fit` (or fails with its `refusal`), both rendered at create. Overrides
+(GPU_COUNT, MAX_MODEL_LEN, ...) cannot be decided ahead: "zarf-vllm.refit" then takes the
+steps of sizing.fit() over `.Values.costs` (the model's byte and token counts, worked out by
+the sizing per tensor-parallel size) and formats the sizing's own refusal texts
+(`.Values.messages`). A refusal is a `fail`, which stops Helm before anything is applied.
+tests/chart/test_chart.py checks that this and Python agree, numbers and messages alike.
+*/}}
+{{- define "zarf-vllm.fit" -}}
+{{- $v := .Values -}}
+{{- if not $v.model.id -}}
+{{- fail "these values name no model: render them with `scripts/render-values MANIFEST --out FILE` and pass the file to Helm (-f FILE); a Zarf package carries them" -}}
+{{- end -}}
+{{- $name := include "zarf-vllm.profileName" . -}}
+{{- $p := get $v.profiles $name -}}
+{{- if ne $p.hardware.flavor $v.flavor -}}
+{{- fail (printf $v.messages.flavor $name $p.hardware.flavor $v.flavor) -}}
+{{- end -}}
+{{- $o := include "zarf-vllm.overrides" . | fromJson -}}
+{{- if $o -}}
+{{- include "zarf-vllm.refit" (dict "root" . "name" $name "hw" $p.hardware "o" $o) -}}
+{{- else if $p.refusal -}}
+{{- fail $p.refusal -}}
+{{- else -}}
+{{- $p.fit | toJson -}}
+{{- end -}}
+{{- end -}}
+
+{{/* sizing.fit() with overrides: the same steps, in the same order, over .Values.costs. */}}
+{{- define "zarf-vllm.refit" -}}
+{{- $v := .root.Values -}}{{- $c := $v.costs -}}{{- $k := $v.constants -}}{{- $m := $v.messages -}}
+{{- $hw := .hw -}}{{- $o := .o -}}{{- $name := .name -}}{{- $cpu := eq $hw.flavor "cpu" -}}
+{{- $refuse := dict "root" .root "name" $name -}}
+{{- if $cpu -}}
+{{- range $pair := list (list "gpuCount" "GPU_COUNT") (list "gpuMemoryGib" "GPU_MEMORY_GIB") (list "tensorParallelSize" "TENSOR_PARALLEL_SIZE") (list "utilPermille" "GPU_MEMORY_UTILIZATION") (list "kvCacheDtype" "KV_CACHE_DTYPE") -}}
+{{- if hasKey $o (index $pair 0) }}{{ fail (printf $m.gpuOnly (index $pair 1)) }}{{ end -}}
+{{- end -}}
+{{- if not (has $c.quantization $k.cpuQuantizations) }}{{ include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.cpuQuantization $c.model $c.quantization)) }}{{ end -}}
+{{- else if hasKey $o "cpuKvcacheGib" }}{{ fail (printf $m.cpuOnly $name) }}{{ end -}}
+{{- /* context and batch, checked as vLLM checks them */ -}}
+{{- $maxLen := int64 (get $o "maxModelLen" | default -1) -}}
+{{- if gt $maxLen (int64 $c.maxPositions) }}{{ fail (printf $m.tooLong $maxLen (int64 $c.maxPositions) $c.model) }}{{ end -}}
+{{- $required := ternary $maxLen (int64 $c.minContext) (gt $maxLen 0) -}}
+{{- $needed := printf (ternary $m.neededSet $m.neededAuto (gt $maxLen 0)) $required -}}
+{{- $seqs := int64 (get $o "maxNumSeqs" | default $hw.maxNumSeqs) -}}
+{{- $batched := int64 (get $o "maxNumBatchedTokens" | default $hw.maxNumBatchedTokens) -}}
+{{- $classLen := mul (div (min (int64 $c.maxPositions) (int64 $hw.maxModelLen)) $k.blockSize) $k.blockSize -}}
+{{- if $c.embedding -}}
+{{- $length := ternary $maxLen $classLen (gt $maxLen 0) -}}
+{{- if not (hasKey $o "maxNumBatchedTokens") }}{{ $batched = max $batched $length }}{{ end -}}
+{{- if lt $batched $length }}{{ fail (printf $m.embedBatch $c.model $batched $length) }}{{ end -}}
+{{- end -}}
+{{- if lt $batched $seqs }}{{ fail (printf $m.batchSeqs $batched $seqs) }}{{ end -}}
+{{- $activation := add (mul $c.activationBytesPerBatchedToken $batched) (mul $c.activationBytesPerSeq $seqs) -}}
+{{- /* the KV cache: a fixed size on the CPU, what each GPU has left on GPUs */ -}}
+{{- $kvDtype := get $o "kvCacheDtype" | default "auto" -}}
+{{- $kvBytes := int64 (get $c.kvBytes $kvDtype) -}}
+{{- $tp := 1 -}}{{- $capacity := -1 -}}{{- $kvGib := 0 -}}{{- $gpuCount := 0 -}}{{- $memoryMib := 0 -}}
+{{- $util := int64 (get $o "utilPermille" | default $hw.utilPermille) -}}
+{{- $runtime := add (get $c.tensorParallel "1").hostRuntimeBytes $activation -}}
+{{- if $cpu -}}
+{{- $kvGib = int64 (get $o "cpuKvcacheGib" | default $hw.cpuKvcacheGib) -}}
+{{- if gt $kvBytes 0 }}{{ $capacity = div (mul $kvGib $k.gib) $kvBytes }}{{ end -}}
+{{- if and (gt $kvBytes 0) (lt $capacity $required) }}{{ include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.cpuShortKv $c.model $name $kvGib $capacity $kvBytes $needed (include "zarf-vllm.gib" (mul $required $kvBytes)))) }}{{ end -}}
+{{- else -}}
+{{- $gpuCount = int64 (get $o "gpuCount" | default $hw.gpuCount | default 0) -}}
+{{- $memoryMib = int64 (ternary (mul (get $o "gpuMemoryGib" | default 0) 1024) ($hw.gpuMemoryMib | default 0) (hasKey $o "gpuMemoryGib")) -}}
+{{- if or (eq $gpuCount 0) (eq $memoryMib 0) }}{{ fail (printf $m.customNeedsGpus $name) }}{{ end -}}
+{{- $budget := div (mul $memoryMib $k.mib $util) 1000 -}}
+{{- $candidates := list -}}{{- $rooms := dict -}}{{- $capacities := dict -}}
+{{- range $t := $c.tensorParallelSizes -}}
+{{- if eq (mod $gpuCount $t) 0 -}}
+{{- $cost := get $c.tensorParallel (toString $t) -}}
+{{- $room := sub $budget (add $cost.weightBytes $activation $cost.reserveBytes) -}}
+{{- $candidates = append $candidates (int64 $t) -}}
+{{- $_ := set $rooms (toString $t) $room -}}
+{{- $_ := set $capacities (toString $t) (ternary (div (mul (max $room 0) $t) (max $kvBytes 1)) 0 (gt $kvBytes 0)) -}}
+{{- end -}}
+{{- end -}}
+{{- if hasKey $o "tensorParallelSize" -}}
+{{- $tp = int64 $o.tensorParallelSize -}}
+{{- if not (has $tp $candidates) }}{{ fail (printf $m.badTensorParallel $tp $c.model $gpuCount (int64 $c.attentionHeads) (int64 $c.kvHeads) $gpuCount (join ", " $candidates)) }}{{ end -}}
+{{- else -}}
+{{- /* the smallest size with a useful cache; failing that, the largest the heads allow */ -}}
+{{- $useful := mul $k.usefulKvSequences (ternary $maxLen $classLen (gt $maxLen 0)) -}}
+{{- $tp = 0 -}}
+{{- range $t := $candidates -}}
+{{- if and (eq $tp 0) (include "zarf-vllm.holds" (dict "room" (get $rooms (toString $t)) "capacity" (get $capacities (toString $t)) "kvBytes" $kvBytes "tokens" $useful)) }}{{ $tp = $t }}{{ end -}}
+{{- end -}}
+{{- if eq $tp 0 }}{{ $tp = last $candidates }}{{ end -}}
+{{- end -}}
+{{- $cost := get $c.tensorParallel (toString $tp) -}}
+{{- $room := get $rooms (toString $tp) -}}
+{{- if not (include "zarf-vllm.holds" (dict "room" $room "capacity" (get $capacities (toString $tp)) "kvBytes" $kvBytes "tokens" $required)) -}}
+{{- $where := printf $m.gpuBudget $c.model $name $tp $gpuCount (include "zarf-vllm.gib" (mul $memoryMib $k.mib)) (include "zarf-vllm.permille" $util) (include "zarf-vllm.gib" $budget) -}}
+{{- $w := include "zarf-vllm.gib" $cost.weightBytes -}}{{- $a := include "zarf-vllm.gib" $activation -}}{{- $r := include "zarf-vllm.gib" $cost.reserveBytes -}}
+{{- if or (lt $room 0) (eq $kvBytes 0) -}}
+{{- include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.gpuNoRoom $where $w $a $r (include "zarf-vllm.gib" (add $cost.weightBytes $activation $cost.reserveBytes)))) -}}
+{{- end -}}
+{{- include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.gpuShortKv $where (include "zarf-vllm.gib" $room) $w $a $r (int64 (get $capacities (toString $tp))) $kvBytes $needed (include "zarf-vllm.gib" (div (add (mul $required $kvBytes) (sub $tp 1)) $tp)))) -}}
+{{- end -}}
+{{- if gt $kvBytes 0 }}{{ $capacity = int64 (get $capacities (toString $tp)) }}{{ end -}}
+{{- $runtime = $cost.hostRuntimeBytes -}}
+{{- end -}}
+{{- /* host memory: what loading needs, against HOST_MEMORY_GIB or what the profile's nodes give */ -}}
+{{- $shmGib := int64 (get $c.tensorParallel (toString $tp)).shmGib -}}
+{{- $need := div (add $c.weightBytes $runtime (mul (add $kvGib $shmGib) $k.gib) (sub $k.gib 1)) $k.gib -}}
+{{- $parts := printf $m.hostParts (include "zarf-vllm.gib" $c.weightBytes) (include "zarf-vllm.gib" $runtime) -}}
+{{- if gt $kvGib 0 }}{{ $parts = print $parts (printf $m.hostPartsKv $kvGib) }}{{ end -}}
+{{- if gt $shmGib 0 }}{{ $parts = print $parts (printf $m.hostPartsShm $shmGib) }}{{ end -}}
+{{- $host := int64 (get $o "hostMemoryGib" | default $need) -}}
+{{- if lt $host $need }}{{ include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.hostBelowNeed $host $need $c.model $name $parts)) }}{{ end -}}
+{{- if and (not (hasKey $o "hostMemoryGib")) $hw.hostMemoryGib (gt $need (int64 $hw.hostMemoryGib)) }}{{ include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.hostOverNode $c.model $need $name $parts (int64 $hw.hostMemoryGib))) }}{{ end -}}
+{{- $length := $maxLen -}}
+{{- if le $length 0 -}}
+{{- $length = min (int64 $c.maxPositions) (int64 $hw.maxModelLen) -}}
+{{- if ge $capacity 0 }}{{ $length = min $length $capacity }}{{ end -}}
+{{- $length = mul (div $length $k.blockSize) $k.blockSize -}}
+{{- end -}}
+{{- dict
+  "profile" $name "model" $c.model "gpus" (ternary 0 $tp $cpu) "gpuMemoryMib" $memoryMib
+  "tensorParallelSize" $tp "dtype" $c.dtype "kvCacheDtype" $kvDtype "utilPermille" $util
+  "maxModelLen" $length "maxNumSeqs" $seqs "maxNumBatchedTokens" $batched
+  "enforceEager" $hw.enforceEager "cpuKvcacheGib" (ternary $kvGib nil $cpu)
+  "kvBytesPerToken" $kvBytes "kvCapacityTokens" $capacity "shmGib" $shmGib "hostMemoryGib" $host
+  "hostCpu" (int64 (get $o "hostCpu" | default (mul $hw.hostCpu $tp))) "startupSeconds" $c.startupSeconds
+  | toJson -}}
+{{- end -}}
+
+{{/* "true" when a GPU holds the tokens (sizing._GpuBudget.holds). */}}
+{{- define "zarf-vllm.holds" -}}
+{{- if eq (int64 .kvBytes) 0 }}{{ if ge (int64 .room) 0 }}true{{ end }}{{ else if ge (int64 .capacity) (int64 .tokens) }}true{{ end -}}
+{{- end -}}
+
+{{/* The profile's name: PROFILE, else the package's default; unknown names fail. */}}
+{{- define "zarf-vllm.profileName" -}}
+{{- $v := .Values -}}
+{{- $name := toString ($v.profile | default $v.defaultProfile | default "") -}}
+{{- if not $name -}}
+{{- fail (printf "PROFILE is not set: choose the hardware profile of your nodes, one of %s%s" (join ", " $v.profileNames) (include "zarf-vllm.alternatives" (dict "root" . "name" ""))) -}}
+{{- end -}}
+{{- if not (hasKey $v.profiles $name) -}}
+{{- fail (printf "unknown PROFILE \"%s\": valid profiles are %s" $name (join ", " $v.profileNames)) -}}
+{{- end -}}
+{{- $name -}}
+{{- end -}}
+
+{{/* The sizing override variables that are set, parsed: integers, utilization in permille. */}}
+{{- define "zarf-vllm.overrides" -}}
+{{- $o := .Values.overrides | default dict -}}
+{{- $parsed := dict -}}
+{{- range $key := list "gpuCount" "gpuMemoryGib" "tensorParallelSize" "maxModelLen" "maxNumSeqs" "maxNumBatchedTokens" "cpuKvcacheGib" "hostCpu" "hostMemoryGib" -}}
+{{- with toString (get $o $key | default "") }}{{ $_ := set $parsed $key (atoi .) }}{{ end -}}
+{{- end -}}
+{{- with toString ($o.gpuMemoryUtilization | default "") }}{{ $_ := set $parsed "utilPermille" (atoi (trunc 3 (printf "%s00" (last (splitList "." .))))) }}{{ end -}}
+{{- with toString ($o.kvCacheDtype | default "") }}{{ $_ := set $parsed "kvCacheDtype" . }}{{ end -}}
+{{- $parsed | toJson -}}
+{{- end -}}
+
+{{/* A refusal for lack of room names the profiles and manifests that fit (sizing.alternatives). */}}
+{{- define "zarf-vllm.alternatives" -}}
+{{- $v := .root.Values -}}{{- $m := $v.messages -}}
+{{- if $v.fits }}{{ printf $m.fitsProfiles $v.model.id (join ", " $v.fits) }}{{ else }}{{ printf $m.fitsNoProfile $v.model.id }}{{ end -}}
+{{- if .name }}{{ with (get $v.profiles .name).fitsManifests }}{{ printf $m.fitsManifests $.name (join ", " .) }}{{ end }}{{ end -}}
+.
+{{- end -}}
+
+{{- define "zarf-vllm.refuseFit" -}}
+{{- fail (printf "%s%s" .message (include "zarf-vllm.alternatives" .)) -}}
+{{- end -}}
+
+{{/* Bytes as GiB with one decimal, rounded down (sizing.gib). */}}
+{{- define "zarf-vllm.gib" -}}
+{{- $tenths := div (mul . 10) 1073741824 -}}
+{{- printf "%d.%d" (div $tenths 10) (mod $tenths 10) -}}
+{{- end -}}
+
+{{/* Permille as gpu_memory_utilization is written: 920 -> 0.92 (sizing.permille). */}}
+{{- define "zarf-vllm.permille" -}}
+{{- regexReplaceAll "0+$" (printf "0.%03d" (int64 .)) "" -}}
+{{- end -}}

