@@ -83,10 +83,9 @@ what the values set, so the manifest's own defaults apply otherwise.
 {{- define "zarf-vllm.config" -}}
 {{- $fit := include "zarf-vllm.fit" . | fromJson -}}
 {{- $b := .Values.backendConfig -}}
-{{- $model := dict
-  "path" .Values.model.path "manifest" .Values.model.manifest
-  "name" (.Values.modelName | default nil)
-  "verify" $b.model.verify "task" $b.model.task -}}
+{{- /* model.path and model.manifest come from the model image's environment (the image
+       builder put the weights there); the chart does not name them a second time. */ -}}
+{{- $model := dict "name" (.Values.modelName | default nil) "verify" $b.model.verify "task" $b.model.task -}}
 {{- $engine := dict
   "dtype" $fit.dtype
   "max_model_len" (int64 $fit.maxModelLen)
@@ -95,11 +94,7 @@ what the values set, so the manifest's own defaults apply otherwise.
   "max_num_seqs" (int64 $fit.maxNumSeqs)
   "max_num_batched_tokens" (int64 $fit.maxNumBatchedTokens)
   "enforce_eager" $fit.enforceEager
-  "quantization" nil
   "kv_cache_dtype" $fit.kvCacheDtype
-  "enable_prefix_caching" nil
-  "trust_remote_code" false
-  "seed" 0
   "cpu_kvcache_space_gib" (ternary (int64 $fit.cpuKvcacheGib) nil (eq (int64 $fit.gpus) 0)) -}}
 {{- $server := merge (dict "port" 50051 "metrics_port" 9090 "log_level" .Values.logLevel) $b.server -}}
 {{- dict "model" $model "engine" $engine "sampling" $b.sampling "chat" $b.chat "limits" $b.limits "server" $server | toYaml -}}

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from support.paths import CHART as CHART_DIR
+from support.paths import REPO
 from support.profiles_fixtures import (
     MANIFEST_IDS,
     PROFILE_NAMES,
@@ -32,7 +33,8 @@ from support.profiles_fixtures import (
 )
 from zarf_vllm.backend.config import Settings, load_settings
 from zarf_vllm.model import sizing
-from zarf_vllm.model.sizing import Fit, Overrides, Refused
+from zarf_vllm.model.sizing import Fit, Refused
+from zarf_vllm.packaging import deploy_variables
 from zarf_vllm.packaging.preview import Preview, PreviewError, preview
 
 PAIRS = [(m, p) for m in MANIFEST_IDS for p in PROFILE_NAMES]
@@ -142,19 +144,7 @@ OVERRIDES = {
     "HOST_CPU": st.sampled_from(["2", "16"]),
     "HOST_MEMORY_GIB": st.sampled_from(["4", "64", "2000"]),
 }
-FIELDS = {
-    "GPU_COUNT": ("gpu_count", int),
-    "GPU_MEMORY_GIB": ("gpu_memory_gib", int),
-    "TENSOR_PARALLEL_SIZE": ("tensor_parallel_size", int),
-    "MAX_MODEL_LEN": ("max_model_len", int),
-    "GPU_MEMORY_UTILIZATION": ("util_permille", sizing.parse_permille),
-    "MAX_NUM_SEQS": ("max_num_seqs", int),
-    "MAX_NUM_BATCHED_TOKENS": ("max_num_batched_tokens", int),
-    "KV_CACHE_DTYPE": ("kv_cache_dtype", str),
-    "CPU_KVCACHE_GIB": ("cpu_kvcache_gib", int),
-    "HOST_CPU": ("host_cpu", int),
-    "HOST_MEMORY_GIB": ("host_memory_gib", int),
-}
+VARIABLES = deploy_variables.load(REPO)
 
 
 @settings(
@@ -170,7 +160,7 @@ FIELDS = {
 def test_python_and_the_chart_agree_under_overrides(
     manifest_id: str, profile_name: str, sets: dict[str, str]
 ) -> None:
-    overrides = Overrides(**{FIELDS[k][0]: FIELDS[k][1](v) for k, v in sets.items()})
+    overrides = VARIABLES.overrides(sets)
     expected = python_fit(manifest_id, profile_name, overrides)
     result = run_preview(manifest_id, PROFILE=profile_name, **sets)
     event("refused" if isinstance(expected, Refused) else "fits")
@@ -200,19 +190,26 @@ def test_without_rendered_values_the_chart_says_what_to_do() -> None:
     )
 
 
-def test_the_config_file_is_the_backends(tmp_path) -> None:
+def test_the_config_file_is_the_backends(tmp_path, monkeypatch) -> None:
     config = config_of(demo(PROFILE="cpu"))
     assert set(config) == set(Settings.model_fields)
     for section, keys in config.items():
         known = Settings.model_fields[section].annotation.model_fields  # type: ignore[union-attr]
         assert set(keys) <= set(known), section
-    assert set(config["engine"]) == set(Settings.model_fields["engine"].annotation.model_fields)  # type: ignore[union-attr]
+    # The chart writes what the fit decides, and leaves the rest to config.py's defaults.
+    assert set(config["engine"]) == {
+        "dtype", "max_model_len", "tensor_parallel_size", "gpu_memory_utilization",
+        "max_num_seqs", "max_num_batched_tokens", "enforce_eager", "kv_cache_dtype",
+        "cpu_kvcache_space_gib",
+    }  # fmt: skip
     assert config["sampling"] == {} and config["chat"] == {}
+    # The weights' place is the model image's to say: its environment, not the chart's config.
+    assert "path" not in config["model"] and "manifest" not in config["model"]
+    monkeypatch.setenv("BACKEND_MODEL__PATH", "/models/smollm2-135m-instruct")
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     settings_ = load_settings(path)
     assert settings_.model.verify == "off"  # a string, not YAML's boolean
-    assert str(settings_.model.path) == "/models/smollm2-135m-instruct"
     assert settings_.engine.cpu_kvcache_space_gib == 2 and settings_.engine.enforce_eager
     assert (settings_.server.port, settings_.server.metrics_port) == (50051, 9090)
     # The manifest's sampling defaults and stop strings still apply (nothing set over them).
@@ -272,9 +269,9 @@ def test_pod_security_probes_and_rollout() -> None:
     assert container["image"] == "zarf.internal/zarf-vllm/model-smollm2-135m-instruct:0.1.0-cpu"
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     assert mounts["/tmp"] == "tmp" and mounts["/etc/zarf-vllm"] == "config"
+    # Only what the fit decides: the image holds the caches' places, the server forces offline.
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["HF_HUB_OFFLINE"] == "1" and env["HOME"] == "/tmp"
-    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind" and env["OMP_NUM_THREADS"] == "4"
+    assert env == {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "4"}
     assert "runtimeClassName" not in pod and "affinity" not in pod
 
 
@@ -288,8 +285,7 @@ def test_gpu_pods_get_gpus_runtime_class_tolerations_and_affinity() -> None:
     ]
     term = pod["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
     assert term["preference"]["matchExpressions"][0]["values"] == ["46067"]
-    env = {e["name"] for e in pod["containers"][0]["env"]}
-    assert "VLLM_CPU_OMP_THREADS_BIND" not in env
+    assert "env" not in pod["containers"][0]  # the CPU engine's OpenMP settings only on the CPU
 
 
 def test_scheduling_variables() -> None:

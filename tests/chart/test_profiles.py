@@ -121,8 +121,8 @@ def test_rendered_values_hold_every_profile_and_the_model(manifest_id: str, flav
     assert rendered["costs"]["kvBytes"] == costs.kv_bytes
     assert rendered["costs"]["tensorParallelSizes"] == sorted(costs.tensor_parallel)
     assert rendered["messages"] == sizing.MESSAGES
-    assert rendered["model"]["path"] == f"/models/{manifest_id}"
-    assert rendered["model"]["manifest"] == f"/models/{manifest_id}.manifest.yaml"
+    # Where the weights are is the model image's to say (its BACKEND_MODEL__PATH), not the chart's.
+    assert set(rendered["model"]) == {"id", "displayName"}
     expected_fits = [o.fit.summary for o in outcomes(model, PROFILES) if o.fit]
     assert rendered["fits"] == expected_fits
     custom = rendered["profiles"]["custom"]
@@ -216,8 +216,8 @@ def test_docs_list_every_profile_and_variable_and_the_current_fit_table() -> Non
         assert f"`{name}`" in doc, name
         stem = name.rsplit("-x", 1)[0] if "-x" in name else name
         assert f"`{stem}" in section, name
-    for name in variables:
-        assert f"`{name}`" in doc and f"`{name}`" in section, name
+    for name in variables:  # the README's table, generated from chart/zarf/deploy-variables.yaml
+        assert f"`{name}`" in section, name
     assert "zarf package deploy" in section and "uds-config.yaml" in section
     from zarf_vllm.packaging.profiles import fit_table
 

@@ -3,7 +3,8 @@
 It follows Zarf's deploy of this package step by step, reading the real zarf.yaml:
 
 1. package templates (###ZARF_PKG_TMPL_NAME###) filled as `zarf package create --set` does,
-   and the components of one flavor kept (`only.flavor`);
+   the components of one flavor kept (`only.flavor`), and their `import`s composed as Zarf
+   does (the flavored components import what they share from components/model-backend/);
 2. deploy variables: their defaults, then `--set NAME=value` (names upper-cased), then every
    final value checked against its `pattern`;
 3. ###ZARF_VAR_NAME### replaced in the chart's values files (the rendered values of every
@@ -20,6 +21,8 @@ rewritten to the in-cluster registry) is not shown.
 
 from __future__ import annotations
 
+import copy
+import posixpath
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +34,7 @@ import yaml
 from zarf_vllm import __version__
 from zarf_vllm.model.manifest import ModelManifest
 from zarf_vllm.packaging import project
+from zarf_vllm.packaging.deploy_variables import go_match
 from zarf_vllm.packaging.profiles import render_values
 
 # The values file the package's create step renders (scripts/render-values --out).
@@ -110,12 +114,161 @@ def fill_package_templates(text: str, values: Mapping[str, str]) -> str:
 
 
 def load_package(path: Path, templates: Mapping[str, str], flavor: str) -> dict:
-    """zarf.yaml with its templates filled and only the components of one flavor."""
+    """zarf.yaml as `zarf package create --flavor FLAVOR --set ...` composes it: only the
+    components of that flavor (or of none), each `import` resolved, and the templates filled.
+    Paths in the result are relative to zarf.yaml's directory, as in Zarf's composed package."""
+    return _compose(path, templates, flavor, only=None, stack=())
+
+
+def _compose(
+    path: Path, templates: Mapping[str, str], flavor: str, only: str | None, stack: tuple
+) -> dict:
+    """One zarf.yaml with its imports resolved; `only`: keep just the components of that name
+    (what an importing component asks for), as Zarf does before it follows their imports."""
+    base = path.parent.resolve()
+    if base in stack:
+        raise PreviewError(f"{path}: imported in a cycle")
     package = load_yaml(fill_package_templates(path.read_text(), templates))
-    package["components"] = [
-        c for c in package["components"] if c.get("only", {}).get("flavor") in (None, flavor)
-    ]
+    components, variables = [], list(package.get("variables", []))
+    for component in package.get("components", []):
+        if (only and component["name"] != only) or not _for_flavor(component, flavor):
+            continue
+        if "import" in component:
+            component, imported = _import(component, path.parent, templates, flavor, (*stack, base))
+            variables += imported
+        components.append(component)
+    package["components"] = components
+    if variables:
+        # Zarf appends the imported packages' variables; the first of a name wins.
+        first: dict[str, dict] = {}
+        for variable in variables:
+            first.setdefault(variable["name"], variable)
+        package["variables"] = list(first.values())
     return package
+
+
+def _for_flavor(component: Mapping, flavor: str) -> bool:
+    return component.get("only", {}).get("flavor") in (None, "", flavor)
+
+
+def _import(
+    component: dict, base: Path, templates: Mapping[str, str], flavor: str, stack: tuple
+) -> tuple[dict, list[dict]]:
+    """The importing component merged over the one it imports; and the imported variables."""
+    spec = component["import"]
+    if "url" in spec or "path" not in spec:
+        raise PreviewError(f"component {component['name']}: only local imports are emulated")
+    name = spec.get("name", component["name"])
+    target = base / spec["path"]
+    relative = spec["path"] if target.is_dir() else posixpath.dirname(spec["path"])
+    manifest = target / "zarf.yaml" if target.is_dir() else target
+    imported = _compose(manifest, templates, flavor, name, stack)
+    found = imported["components"]
+    if len(found) != 1:
+        raise PreviewError(
+            f"component {component['name']}: {len(found)} components named {name} "
+            f"for flavor {flavor} in {manifest} (Zarf needs exactly one)"
+        )
+    child = _rebase(copy.deepcopy(found[0]), relative)
+    return _merge(child, component), imported.get("variables", [])
+
+
+def _joined(directory: str, path: str) -> str:
+    """A path of the imported file, relative to the importing one (Go's filepath.Join)."""
+    if "://" in path or posixpath.isabs(path):
+        return path
+    return posixpath.normpath(posixpath.join(directory, path))
+
+
+def _rebase(child: dict, directory: str) -> dict:
+    """The imported component's paths made relative to the importing package, as Zarf's
+    fixPaths: charts, files, image archives, manifests, and the onCreate actions' dir."""
+    for chart in child.get("charts", []):
+        for key in ("valuesFiles", "templatedValuesFiles"):
+            if key in chart:
+                chart[key] = [_joined(directory, p) for p in chart[key]]
+        if "localPath" in chart:
+            chart["localPath"] = _joined(directory, chart["localPath"])
+    for item in child.get("files", []):
+        item["source"] = _joined(directory, item["source"])
+    for archive in child.get("imageArchives", []):
+        archive["path"] = _joined(directory, archive["path"])
+    for manifest in child.get("manifests", []):
+        manifest["files"] = [_joined(directory, p) for p in manifest.get("files", [])]
+    on_create = child.get("actions", {}).get("onCreate", {})
+    default_dir = on_create.get("defaults", {}).get("dir", "")
+    for phase in _PHASES:
+        for action in on_create.get(phase, []):
+            # Every imported create step gets an explicit dir, so that the importing
+            # component's defaults cannot move it.
+            action["dir"] = _joined(directory, action.get("dir", default_dir))
+    return child
+
+
+_PHASES = ("before", "after", "onFailure", "onSuccess")
+_APPENDED = ("images", "files", "repos", "dataInjections", "healthChecks", "imageArchives")
+
+
+def _merge(child: dict, parent: Mapping) -> dict:
+    """Zarf's override of an imported component by the importing one (v1alpha1): name and
+    required/default from the importer, its description and flavor where it gives them,
+    lists appended, charts and manifests of the same name merged."""
+    # name, required, default and group are always the importer's, even when it leaves them out.
+    merged = {k: v for k, v in child.items() if k not in ("required", "default", "group")}
+    merged |= {k: parent[k] for k in ("name", "required", "default", "group") if k in parent}
+    if parent.get("description"):
+        merged["description"] = parent["description"]
+    if parent.get("only", {}).get("flavor"):
+        merged["only"] = {**child.get("only", {}), "flavor": parent["only"]["flavor"]}
+    for key in _APPENDED:
+        if child.get(key) or parent.get(key):
+            merged[key] = [*child.get(key, []), *parent.get(key, [])]
+    merged["charts"] = _merge_named(child.get("charts", []), parent.get("charts", []), _CHART)
+    merged["manifests"] = _merge_named(
+        child.get("manifests", []), parent.get("manifests", []), _MANIFEST
+    )
+    merged["actions"] = _merge_actions(child.get("actions", {}), parent.get("actions", {}))
+    return {k: v for k, v in merged.items() if v not in ([], {})}
+
+
+# What a chart or manifest of the importer replaces (when given) and appends to the import's.
+_CHART = (
+    ("namespace", "releaseName", "version", "url"),
+    ("valuesFiles", "templatedValuesFiles", "variables", "values"),
+)
+_MANIFEST = (("namespace",), ("files", "kustomizations"))
+
+
+def _merge_named(
+    imported: list[dict], own: list[dict], rules: tuple[tuple[str, ...], tuple[str, ...]]
+) -> list[dict]:
+    replaced, appended = rules
+    out = [dict(item) for item in imported]
+    for item in own:
+        same = [o for o in out if o["name"] == item["name"]]
+        if not same:
+            out.append(dict(item))
+        for target in same:
+            target.update({k: item[k] for k in replaced if item.get(k)})
+            for key in appended:
+                if item.get(key):
+                    target[key] = [*target.get(key, []), *item[key]]
+    return out
+
+
+def _merge_actions(imported: Mapping, own: Mapping) -> dict:
+    """Per stage: the importer's defaults, the import's actions then the importer's."""
+    out: dict = {}
+    for stage in ("onCreate", "onDeploy", "onRemove"):
+        child, parent = imported.get(stage, {}), own.get(stage, {})
+        merged = {"defaults": parent["defaults"]} if "defaults" in parent else {}
+        for phase in _PHASES:
+            actions = [*child.get(phase, []), *parent.get(phase, [])]
+            if actions:
+                merged[phase] = actions
+        if merged:
+            out[stage] = merged
+    return out
 
 
 def package_variables(package: Mapping) -> list[Variable]:
@@ -139,8 +292,9 @@ def resolve_variables(
             unknown.append(name.upper())
     for variable in variables:
         value = values[variable.name]
-        # Zarf matches with Go's regexp.MatchString: a search, anchored only by the pattern.
-        if variable.pattern is not None and not re.search(variable.pattern, value):
+        # Zarf matches with Go's regexp.MatchString: a search, anchored only by the pattern,
+        # and its `$` is the end of the text (so "8192\n" fails ^[0-9]+$, unlike re.search).
+        if variable.pattern is not None and not go_match(variable.pattern, value):
             raise PreviewError(
                 f'provided value for variable "{variable.name}" does not match pattern '
                 f'"{variable.pattern}" ({variable.description})'

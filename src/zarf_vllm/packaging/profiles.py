@@ -301,8 +301,6 @@ def _model_values(manifest: ModelManifest) -> dict:
     return {
         "id": manifest.id,
         "displayName": manifest.display_name,
-        "path": f"/models/{manifest.id}",
-        "manifest": f"/models/{manifest.id}.manifest.yaml",
     }
 
 

@@ -1,4 +1,5 @@
-"""Check a model directory's config.json (and safetensors headers) against the manifest.
+"""Check a model directory's config.json (and safetensors headers, and a sentence-transformers
+config) against the manifest.
 
 The sizing and the chart trust the manifest's architecture facts; this check makes sure the
 bytes that actually arrived are that model. Every disagreement is listed in one error.
@@ -30,6 +31,21 @@ TIED_DEFAULTS = {
 }
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 PARAMETER_TOLERANCE = 0.01  # published counts are rounded (e.g. "7.62B")
+# The sentence-transformers configs vLLM 0.32 reads, in its order
+# (vllm/transformers_utils/config.py, get_sentence_transformer_tokenizer_config): the first
+# present, non-empty one decides, and its max_seq_length replaces the length vLLM derives from
+# config.json, so a max_model_len above it is refused at start-up (all-MiniLM-L6-v2: 256, while
+# config.json has 512 positions). The manifest's max_sequence_length must say the same, because
+# the sizing caps max_model_len with it.
+SENTENCE_CONFIG_FILES = (
+    "sentence_bert_config.json",
+    "sentence_roberta_config.json",
+    "sentence_distilbert_config.json",
+    "sentence_camembert_config.json",
+    "sentence_albert_config.json",
+    "sentence_xlm-roberta_config.json",
+    "sentence_xlnet_config.json",
+)
 
 
 def _first(config: dict[str, Any], *keys: str) -> Any:
@@ -105,8 +121,38 @@ def architecture_problems(
     return problems + _quantization_problems(config, quantization)
 
 
+def sequence_length_problems(directory: Path, expected: Architecture) -> list[str]:
+    """The sentence-transformers config's max_seq_length against the manifest's
+    max_sequence_length, for the file vLLM would read; nothing when the directory has none."""
+    for name in SENTENCE_CONFIG_FILES:
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            sentence_config = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            return [f"{name}: cannot read it: {exc}"]
+        if not isinstance(sentence_config, dict):
+            return [f"{name}: not a JSON object"]
+        if not sentence_config:
+            continue  # vLLM skips an empty one and reads the next
+        want = expected.max_sequence_length
+        if "max_seq_length" not in sentence_config:
+            # vLLM then keeps config.json's length; a shorter manifest limit would only
+            # under-size the context, but it is still a fact the directory does not state.
+            if want is None:
+                return []
+            return [f"{name} sets no max_seq_length, the manifest says max_sequence_length {want}"]
+        actual = sentence_config["max_seq_length"]
+        if actual != want:
+            return [f"max_sequence_length is {actual!r} ({name}), the manifest says {want!r}"]
+        return []
+    return []
+
+
 def check_architecture(directory: Path | str, manifest: ModelManifest) -> None:
-    """Raises `ArchitectureMismatchError` naming every fact config.json contradicts; for an
+    """Raises `ArchitectureMismatchError` naming every fact config.json contradicts, and a
+    sentence-transformers max_seq_length that differs from max_sequence_length; for an
     unquantized model also the parameter count read from the safetensors headers."""
     directory = Path(directory)
     config_path = directory / "config.json"
@@ -115,6 +161,7 @@ def check_architecture(directory: Path | str, manifest: ModelManifest) -> None:
     except (OSError, ValueError) as exc:
         raise ArchitectureMismatchError(f"{config_path}: cannot read config.json: {exc}") from exc
     problems = architecture_problems(config, manifest.architecture, manifest.quantization)
+    problems += sequence_length_problems(directory, manifest.architecture)
     if manifest.quantization.method == "none":
         counted = safetensors_parameters(directory)
         want = manifest.architecture.parameters
