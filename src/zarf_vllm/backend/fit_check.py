@@ -51,10 +51,11 @@ def detect_machine(on_cpu: bool) -> Machine:
     limit = memory_limit_bytes()
     if on_cpu:
         return Machine(0, 0, limit)
-    import torch
     from vllm.platforms import current_platform
 
-    count = torch.cuda.device_count()
+    # Both through NVML, without creating a CUDA context in this (the API) process; NVML's
+    # total is nvidia-smi's, the figure the profiles record.
+    count = current_platform.device_count()
     memory = current_platform.get_device_total_memory(0) if count else 0
     return Machine(count, memory // sizing.MIB, limit)
 
