@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from support.paths import MANIFESTS
+
 
 def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -136,3 +138,18 @@ def test_verify_needs_a_manifest(tiny_model_dir: Path) -> None:
     result = serve("--model", str(tiny_model_dir), env={"BACKEND_MODEL__VERIFY": "full"})
     assert result.returncode == 2
     assert "needs the model's manifest" in error_line(result)
+
+
+def test_settings_that_cannot_fit_this_machine_are_refused_in_numbers_before_loading(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # The demo's manifest (the check needs its facts) and a context longer than it accepts.
+    manifest = MANIFESTS / "smollm2-135m-instruct.yaml"
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"engine": {"cpu_kvcache_space_gib": 1}}))
+    result = serve("--model", str(tiny_model_dir), "--manifest", str(manifest), "--config",
+                   str(config), env={"BACKEND_ENGINE__MAX_MODEL_LEN": "100000"})  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the engine settings do not fit this machine (CPU"), last
+    assert "MAX_MODEL_LEN=100000 exceeds the 8192 tokens smollm2-135m-instruct accepts" in last
