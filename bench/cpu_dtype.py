@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 QUESTION = "What is the capital of France?"
+RESULT = "cpu_dtype result: "
 DEFAULT_MODEL = Path(
     os.environ.get("ZARF_VLLM_CACHE")
     or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zarf-vllm"
@@ -65,7 +66,8 @@ def main() -> int:
     parser.add_argument("--one", help=argparse.SUPPRESS)  # a child: measure this dtype
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.model, args.one)))
+        # vLLM logs to stdout too: the result is the line that starts with the marker.
+        print(RESULT + json.dumps(measure(args.model, args.one)))
         return 0
     results: dict[str, list[dict]] = {"float32": [], "bfloat16": []}
     for _ in range(args.rounds):
@@ -74,7 +76,8 @@ def main() -> int:
                 [sys.executable, __file__, "--model", args.model, "--one", dtype],
                 capture_output=True, text=True, check=True,
             )  # fmt: skip
-            result = json.loads(child.stdout.strip().splitlines()[-1])
+            [line] = [x for x in child.stdout.splitlines() if x.startswith(RESULT)]
+            result = json.loads(line.removeprefix(RESULT))
             results[dtype].append(result)
             print(json.dumps(result))
     keys = ("prefill_s", "decode_tokens_per_s")

@@ -5,7 +5,7 @@ Every number is decided by src/zarf_vllm/model/sizing.py. Without sizing overrid
 looks up the profile's `fit` (or fails with its `refusal`), both rendered at create. Overrides
 (GPU_COUNT, MAX_MODEL_LEN, ...) cannot be decided ahead: "zarf-vllm.refit" then takes the
 steps of sizing.fit() over `.Values.costs` (the model's byte and token counts, worked out by
-the sizing per tensor-parallel size) and formats the sizing's own refusal texts
+the sizing per compute dtype and tensor-parallel size) and formats the sizing's own refusal texts
 (`.Values.messages`). A refusal is a `fail`, which stops Helm before anything is applied.
 tests/chart/test_chart.py checks that this and Python agree, numbers and messages alike.
 */}}
@@ -31,15 +31,17 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 
 {{/* sizing.fit() with overrides: the same steps, in the same order, over .Values.costs. */}}
 {{- define "zarf-vllm.refit" -}}
-{{- $v := .root.Values -}}{{- $c := $v.costs -}}{{- $k := $v.constants -}}{{- $m := $v.messages -}}
+{{- $v := .root.Values -}}{{- $k := $v.constants -}}{{- $m := $v.messages -}}
 {{- $hw := .hw -}}{{- $o := .o -}}{{- $name := .name -}}{{- $cpu := eq $hw.flavor "cpu" -}}
+{{- $c := get $v.costs (ternary (get $o "cpuDtype" | default $v.defaultDtype) $v.defaultDtype $cpu) -}}
 {{- $refuse := dict "root" .root "name" $name -}}
 {{- if $cpu -}}
 {{- range $pair := list (list "gpuCount" "GPU_COUNT") (list "gpuMemoryGib" "GPU_MEMORY_GIB") (list "tensorParallelSize" "TENSOR_PARALLEL_SIZE") (list "utilPermille" "GPU_MEMORY_UTILIZATION") (list "kvCacheDtype" "KV_CACHE_DTYPE") -}}
 {{- if hasKey $o (index $pair 0) }}{{ fail (printf $m.gpuOnly (index $pair 1)) }}{{ end -}}
 {{- end -}}
 {{- if not (has $c.quantization $k.cpuQuantizations) }}{{ include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.cpuQuantization $c.model $c.quantization)) }}{{ end -}}
-{{- else if hasKey $o "cpuKvcacheGib" }}{{ fail (printf $m.cpuOnly $name) }}{{ end -}}
+{{- else if hasKey $o "cpuKvcacheGib" }}{{ fail (printf $m.cpuOnly $name) }}
+{{- else if hasKey $o "cpuDtype" }}{{ fail (printf $m.cpuDtypeOnly $name) }}{{ end -}}
 {{- /* context and batch, checked as vLLM checks them */ -}}
 {{- $maxLen := int64 (get $o "maxModelLen" | default -1) -}}
 {{- if gt $maxLen (int64 $c.maxPositions) }}{{ fail (printf $m.tooLong $maxLen (int64 $c.maxPositions) $c.model) }}{{ end -}}
@@ -156,7 +158,9 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- with toString (get $o $key | default "") }}{{ $_ := set $parsed $key (atoi .) }}{{ end -}}
 {{- end -}}
 {{- with toString ($o.gpuMemoryUtilization | default "") }}{{ $_ := set $parsed "utilPermille" (atoi (trunc 3 (printf "%s00" (last (splitList "." .))))) }}{{ end -}}
-{{- with toString ($o.kvCacheDtype | default "") }}{{ $_ := set $parsed "kvCacheDtype" . }}{{ end -}}
+{{- range $key := list "kvCacheDtype" "cpuDtype" -}}
+{{- with toString (get $o $key | default "") }}{{ $_ := set $parsed $key . }}{{ end -}}
+{{- end -}}
 {{- $parsed | toJson -}}
 {{- end -}}
 

@@ -141,6 +141,7 @@ OVERRIDES = {
     "MAX_NUM_BATCHED_TOKENS": st.sampled_from(["256", "2048", "16384"]),
     "KV_CACHE_DTYPE": st.sampled_from(["auto", "fp8"]),
     "CPU_KVCACHE_GIB": st.sampled_from(["1", "4"]),
+    "CPU_DTYPE": st.sampled_from(["float32", "bfloat16"]),
     "HOST_CPU": st.sampled_from(["2", "16"]),
     "HOST_MEMORY_GIB": st.sampled_from(["4", "64", "2000"]),
 }

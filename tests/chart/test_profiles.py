@@ -117,9 +117,14 @@ def test_rendered_values_hold_every_profile_and_the_model(manifest_id: str, flav
     model = ModelFacts.from_manifest(manifest(manifest_id))
     # The override check's inputs are the sizing's own numbers for this flavor.
     costs = sizing.costs_for(model, flavor)
-    assert rendered["costs"]["weightBytes"] == costs.weight_bytes
-    assert rendered["costs"]["kvBytes"] == costs.kv_bytes
-    assert rendered["costs"]["tensorParallelSizes"] == sorted(costs.tensor_parallel)
+    assert rendered["defaultDtype"] == costs.dtype
+    default = rendered["costs"][costs.dtype]
+    assert default["weightBytes"] == costs.weight_bytes
+    assert default["kvBytes"] == costs.kv_bytes
+    assert default["tensorParallelSizes"] == sorted(costs.tensor_parallel)
+    # The cpu flavor carries the costs of every dtype CPU_DTYPE may choose.
+    expected = {costs.dtype, *(sizing.CPU_DTYPES if flavor == "cpu" else ())}
+    assert set(rendered["costs"]) == expected
     assert rendered["messages"] == sizing.MESSAGES
     # Where the weights are is the model image's to say (its BACKEND_MODEL__PATH), not the chart's.
     assert set(rendered["model"]) == {"id", "displayName"}

@@ -363,3 +363,14 @@ def test_every_fit_respects_vllms_rules_and_the_memory_budget(
         assert fit.max_model_len <= fit.kv_capacity_tokens
         assert used + fit.kv_capacity_tokens * fit.kv_bytes_per_token // t <= budget
     assert (fit.shm_gib > 0) == (t > 1)
+
+
+def test_cpu_dtype_bfloat16_is_sized_at_its_own_bytes_and_only_on_the_cpu() -> None:
+    wide, narrow = size(SMOLLM2, CPU), size(SMOLLM2, CPU, Overrides(cpu_dtype="bfloat16"))
+    assert (wide.dtype, narrow.dtype) == ("float32", "bfloat16")
+    # Half the bytes per KV value, so twice the tokens in the same 2 GiB cache.
+    assert wide.kv_bytes_per_token == 2 * narrow.kv_bytes_per_token == 2 * (2 * 30 * 3 * 64 * 2)
+    assert narrow.kv_capacity_tokens == 2 * GIB // narrow.kv_bytes_per_token
+    assert narrow.host_memory_gib <= wide.host_memory_gib
+    with pytest.raises(Refused, match="CPU_DTYPE applies only to the cpu profile"):
+        size(SMOLLM2, gpu(), Overrides(cpu_dtype="bfloat16"))

@@ -96,6 +96,8 @@ def check_fit(
         max_num_batched_tokens=settings.max_num_batched_tokens,
         host_memory_gib=None if limit is None else limit // sizing.GIB,
         kv_cache_dtype=None if on_cpu else _kv_cache_dtype(settings.kv_cache_dtype),
+        # "auto" is the sizing's own CPU dtype; the two it sizes are taken as they are.
+        cpu_dtype=settings.dtype if on_cpu and settings.dtype in sizing.CPU_DTYPES else None,
     )
     try:
         return sizing.size(model, hardware, overrides)

@@ -104,6 +104,8 @@ MESSAGES = {
     "gpuOnly": "%s does not apply to the cpu profile, which runs without GPUs",
     "cpuOnly": "CPU_KVCACHE_GIB applies only to the cpu profile; profile %s keeps its KV cache "
     "in GPU memory",
+    "cpuDtypeOnly": "CPU_DTYPE applies only to the cpu profile; profile %s computes in the "
+    "checkpoint's 16-bit dtype",
     "cpuQuantization": "%s is %s-quantized, which vLLM-CPU does not run",
     "customNeedsGpus": "profile %s needs GPU_COUNT and GPU_MEMORY_GIB: the GPUs one node gives "
     "the model and the memory of each in GiB (e.g. GPU_COUNT=2, GPU_MEMORY_GIB=48)",
@@ -153,8 +155,13 @@ def _refused(key: str, *args: object, fit: bool) -> Refused:
     return Refused(MESSAGES[key] % args, fit=fit)
 
 
+# What the cpu profile may compute in (CPU_DTYPE); the first is the default.
+CPU_DTYPES = ("float32", "bfloat16")
+
+
 def cpu_dtype(quantized: bool) -> str:
-    """The dtype vLLM-CPU computes in: float32 for every unquantized model, on every CPU.
+    """The dtype vLLM-CPU computes in by default: float32 for every unquantized model, on
+    every CPU (CPU_DTYPE=bfloat16 is the operator's choice for CPUs with native bfloat16).
 
     On CPUs without native bfloat16 (AVX2 only) PyTorch emulates bfloat16, about 5x slower
     (SmolLM2-135M, 42-token prefill: 1.05-1.1 s in bfloat16, 0.20-0.22 s in float32). On a
@@ -251,6 +258,7 @@ class Overrides:
     max_num_batched_tokens: int | None = None
     kv_cache_dtype: str | None = None
     cpu_kvcache_gib: int | None = None
+    cpu_dtype: str | None = None
     host_cpu: int | None = None
     host_memory_gib: int | None = None
 
@@ -310,10 +318,14 @@ def tp_candidates(model: ModelFacts, gpu_count: int) -> list[int]:
     ]
 
 
-def costs_for(model: ModelFacts, flavor: str) -> Costs:
-    """The formulas: what the model costs on the CPU (vLLM-CPU) or on NVIDIA GPUs."""
+def costs_for(model: ModelFacts, flavor: str, dtype: str | None = None) -> Costs:
+    """The formulas: what the model costs on the CPU (vLLM-CPU, in `dtype`, default
+    `cpu_dtype`) or on NVIDIA GPUs (vLLM's `auto`)."""
     on_cpu = flavor == "cpu"
-    dtype = cpu_dtype(model.quantized) if on_cpu else "auto"
+    if not on_cpu:
+        dtype = "auto"
+    elif dtype is None:
+        dtype = cpu_dtype(model.quantized)
     # float32 from 16-bit weights doubles them in memory; "auto" keeps the checkpoint's dtype.
     widen = 2 if dtype == "float32" and model.weight_dtype in ("bfloat16", "float16") else 1
     weight_bytes = model.weight_bytes * widen
@@ -424,12 +436,12 @@ def size(
     """The values the profile runs the model with, or Refused with the reason in numbers."""
     if flavor is not None and hardware.flavor != flavor:
         raise _refused("flavor", hardware.name, hardware.flavor, flavor, fit=False)
-    return fit(costs_for(model, hardware.flavor), hardware, overrides)
+    return fit(costs_for(model, hardware.flavor, overrides.cpu_dtype), hardware, overrides)
 
 
 def fit(costs: Costs, hardware: Hardware, overrides: Overrides = NO_OVERRIDES) -> Fit:
-    """The fit of one model's costs on one profile's hardware, step by step as the chart's
-    override check repeats it."""
+    """The fit of one model's costs (in the dtype it runs) on one profile's hardware, step by
+    step as the chart's override check repeats it."""
     _check_variables(costs, hardware, overrides)
     required, seqs, batched = _context_and_batch(costs, hardware, overrides)
     activation = (
@@ -450,6 +462,8 @@ def _check_variables(costs: Costs, hardware: Hardware, overrides: Overrides) -> 
             raise _refused("cpuQuantization", costs.model, costs.quantization, fit=True)
     elif overrides.cpu_kvcache_gib is not None:
         raise _refused("cpuOnly", hardware.name, fit=False)
+    elif overrides.cpu_dtype is not None:
+        raise _refused("cpuDtypeOnly", hardware.name, fit=False)
 
 
 def _context_and_batch(costs: Costs, hardware: Hardware, o: Overrides) -> tuple[int, int, int]:

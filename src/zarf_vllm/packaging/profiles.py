@@ -335,6 +335,10 @@ def render_values(
     catalog = list(catalog if catalog is not None else load_catalog())
     model = ModelFacts.from_manifest(manifest)
     costs = sizing.costs_for(model, flavor)
+    # The override check needs the costs of each dtype CPU_DTYPE may choose (cpu flavor).
+    costs_by_dtype = {costs.dtype: costs_values(costs)}
+    for name in sizing.CPU_DTYPES if flavor == "cpu" else ():
+        costs_by_dtype.setdefault(name, costs_values(sizing.costs_for(model, flavor, name)))
     repository, tag = model_image(manifest.id, version, flavor)
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(chart_dir),
@@ -350,7 +354,8 @@ def render_values(
         default_profile="cpu" if flavor == "cpu" else "",
         image={"repository": repository, "tag": tag},
         model=_model_values(manifest),
-        costs=costs_values(costs),
+        costs=costs_by_dtype,
+        default_dtype=costs.dtype,
         constants=_constants(),
         startup_failure_threshold=sizing.ceil_div(
             costs.startup_seconds, sizing.PROBE_PERIOD_SECONDS
