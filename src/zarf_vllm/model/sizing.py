@@ -443,14 +443,20 @@ def fit(costs: Costs, hardware: Hardware, overrides: Overrides = NO_OVERRIDES) -
     """The fit of one model's costs (in the dtype it runs) on one profile's hardware, step by
     step as the chart's override check repeats it."""
     _check_variables(costs, hardware, overrides)
-    required, seqs, batched = _context_and_batch(costs, hardware, overrides)
-    activation = (
-        costs.activation_bytes_per_batched_token * batched
-        + costs.activation_bytes_per_seq * seqs
-    )
+    demand = _context_and_batch(costs, hardware, overrides)
     if hardware.flavor == "cpu":
-        return _fit_cpu(costs, hardware, overrides, required, seqs, batched, activation)
-    return _fit_gpu(costs, hardware, overrides, required, seqs, batched, activation)
+        return _fit_cpu(costs, hardware, overrides, demand)
+    return _fit_gpu(costs, hardware, overrides, demand)
+
+
+@dataclass(frozen=True)
+class _Demand:
+    """What the settings ask of any hardware before the KV cache is sized."""
+
+    required: int  # the context the KV cache must hold
+    seqs: int  # max_num_seqs
+    batched: int  # max_num_batched_tokens
+    activation: int  # bytes of vLLM's profiling pass at that batch
 
 
 def _check_variables(costs: Costs, hardware: Hardware, overrides: Overrides) -> None:
@@ -466,8 +472,8 @@ def _check_variables(costs: Costs, hardware: Hardware, overrides: Overrides) -> 
         raise _refused("cpuDtypeOnly", hardware.name, fit=False)
 
 
-def _context_and_batch(costs: Costs, hardware: Hardware, o: Overrides) -> tuple[int, int, int]:
-    """(required context, max_num_seqs, max_num_batched_tokens), checked as vLLM checks them."""
+def _context_and_batch(costs: Costs, hardware: Hardware, o: Overrides) -> _Demand:
+    """The required context and the batch limits, checked as vLLM checks them."""
     if o.max_model_len is not None and o.max_model_len > costs.max_positions:
         raise _refused("tooLong", o.max_model_len, costs.max_positions, costs.model, fit=False)
     required = o.max_model_len or costs.min_context
@@ -482,7 +488,11 @@ def _context_and_batch(costs: Costs, hardware: Hardware, o: Overrides) -> tuple[
             raise _refused("embedBatch", costs.model, batched, length, fit=False)
     if batched < seqs:
         raise _refused("batchSeqs", batched, seqs, fit=False)
-    return required, seqs, batched
+    activation = (
+        costs.activation_bytes_per_batched_token * batched
+        + costs.activation_bytes_per_seq * seqs
+    )
+    return _Demand(required, seqs, batched, activation)
 
 
 def _auto_len(costs: Costs, hardware: Hardware, capacity: int | None) -> int:
@@ -497,15 +507,8 @@ def _needed(o: Overrides, required: int) -> str:
     return MESSAGES["neededSet" if o.max_model_len is not None else "neededAuto"] % required
 
 
-def _fit_cpu(
-    costs: Costs,
-    hw: Hardware,
-    o: Overrides,
-    required: int,
-    seqs: int,
-    batched: int,
-    activation: int,
-) -> Fit:
+def _fit_cpu(costs: Costs, hw: Hardware, o: Overrides, demand: _Demand) -> Fit:
+    required = demand.required
     kv_bytes = costs.kv_bytes["auto"]
     kv_gib = o.cpu_kvcache_gib or hw.cpu_kvcache_gib or 0
     capacity = kv_gib * GIB // kv_bytes if kv_bytes else None
@@ -522,7 +525,7 @@ def _fit_cpu(
             fit=True,
         )
     one = costs.tensor_parallel[1]
-    runtime = one.host_runtime_bytes + activation
+    runtime = one.host_runtime_bytes + demand.activation
     return Fit(
         profile=hw.name,
         model=costs.model,
@@ -533,8 +536,8 @@ def _fit_cpu(
         kv_cache_dtype="auto",
         util_permille=hw.util_permille,
         max_model_len=o.max_model_len or _auto_len(costs, hw, capacity),
-        max_num_seqs=seqs,
-        max_num_batched_tokens=batched,
+        max_num_seqs=demand.seqs,
+        max_num_batched_tokens=demand.batched,
         enforce_eager=hw.enforce_eager,
         cpu_kvcache_gib=kv_gib,
         kv_bytes_per_token=kv_bytes,
@@ -607,15 +610,8 @@ class _GpuBudget:
         )
 
 
-def _fit_gpu(
-    costs: Costs,
-    hw: Hardware,
-    o: Overrides,
-    required: int,
-    seqs: int,
-    batched: int,
-    activation: int,
-) -> Fit:
+def _fit_gpu(costs: Costs, hw: Hardware, o: Overrides, demand: _Demand) -> Fit:
+    required = demand.required
     gpu_count = o.gpu_count or hw.gpu_count
     memory_mib = o.gpu_memory_gib * 1024 if o.gpu_memory_gib is not None else hw.gpu_memory_mib
     if gpu_count is None or memory_mib is None:
@@ -628,7 +624,7 @@ def _fit_gpu(
         memory_mib=memory_mib,
         util_permille=o.util_permille or hw.util_permille,
         kv_bytes=costs.kv_bytes[kv_dtype],
-        activation=activation,
+        activation=demand.activation,
     )
     candidates = [t for t in costs.tensor_parallel if gpu_count % t == 0]
     if o.tensor_parallel_size is not None:
@@ -666,8 +662,8 @@ def _fit_gpu(
         kv_cache_dtype=kv_dtype,
         util_permille=gpu.util_permille,
         max_model_len=o.max_model_len or _auto_len(costs, hw, capacity),
-        max_num_seqs=seqs,
-        max_num_batched_tokens=batched,
+        max_num_seqs=demand.seqs,
+        max_num_batched_tokens=demand.batched,
         enforce_eager=hw.enforce_eager,
         cpu_kvcache_gib=None,
         kv_bytes_per_token=gpu.kv_bytes,
