@@ -8,6 +8,7 @@ character. Outputs that carry no text and no finish reason are dropped: no empty
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,16 +34,6 @@ class Delta:
     index: int
     text: str
     finish_reason: str | None
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
 
 
 @dataclass
@@ -76,6 +67,9 @@ class Generator:
         add_special_tokens: bool,
         truncate: int | None,
     ) -> Prepared:
+        # Before tokenizing: a tokenizer that adds a BOS would turn "" into one token.
+        if not prompt:
+            raise InvalidRequest("prompt", "the prompt is empty")
         prompt_ids = await self._engine.tokenize(prompt, add_special_tokens=add_special_tokens)
         if truncate is not None:
             if truncate <= 0:
@@ -108,20 +102,24 @@ class Generator:
         self, prepared: Prepared, call: Call, interval: float
     ) -> AsyncIterator[tuple[list[Delta], bool]]:
         call.prompt_tokens = len(prepared.prompt_ids)
-        outputs = self._engine.generate(prepared.prompt_ids, prepared.params, call.request_id)
         loop = asyncio.get_running_loop()
         try:
-            async for output in outputs:
-                deltas = _deltas(output.outputs, call)
-                if not deltas:
-                    continue
-                call.first_token()
-                sent_at = loop.time()
-                yield deltas, output.finished
-                if interval and not output.finished:
-                    delay = interval - (loop.time() - sent_at)
-                    if delay > 0:
-                        await asyncio.sleep(delay)
+            # aclosing: when our caller closes this stream early, the engine's stream is closed
+            # (and its request aborted) here and now, not whenever it is garbage-collected.
+            async with contextlib.aclosing(
+                self._engine.generate(prepared.prompt_ids, prepared.params, call.request_id)
+            ) as outputs:
+                async for output in outputs:
+                    deltas = _deltas(output.outputs, call)
+                    if not deltas:
+                        continue
+                    call.first_token()
+                    sent_at = loop.time()
+                    yield deltas, output.finished
+                    if interval and not output.finished:
+                        delay = interval - (loop.time() - sent_at)
+                        if delay > 0:
+                            await asyncio.sleep(delay)
         except EngineDeadError:
             raise
         except Exception as exc:
@@ -145,10 +143,6 @@ class Generator:
         return {
             index: ("".join(parts), reasons.get(index, "stop")) for index, parts in texts.items()
         }
-
-    @staticmethod
-    def usage(call: Call) -> Usage:
-        return Usage(call.prompt_tokens, call.completion_tokens)
 
 
 def _deltas(completions: list[Any], call: Call) -> list[Delta]:

@@ -21,12 +21,12 @@ from zarf_vllm.model.manifest import ModelManifest
 
 @dataclass
 class Runtime:
-    """Filled in by `load()`; `ready` flips once the warm-up request has been served."""
+    """Filled in by `load()`, before the warm-up request (readiness is the call tracker's
+    `accepting` and the health status, set once the warm-up has been served)."""
 
     engine: Engine | None = None
     generator: Generator | None = None
     prompts: ChatPromptBuilder | None = None
-    ready: bool = False
 
     def require_engine(self) -> Engine:
         assert self.engine is not None, "calls are refused until the model is loaded"

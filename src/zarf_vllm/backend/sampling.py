@@ -2,8 +2,10 @@
 
 Every field vLLM can honour is mapped; invalid values raise InvalidRequest naming the field,
 which the services turn into INVALID_ARGUMENT. Fields of the contract that vLLM cannot honour
-(see UNSUPPORTED_FIELDS) are accepted and ignored, as the LeapfrogAI API sends some of them
-with default values on every call.
+are accepted and ignored, as the LeapfrogAI API sends some of them with default values on
+every call (the list and the reasons are in the README): `best_of` (vLLM V1 has none; use n),
+`typical_p`, `watermark` (vLLM has neither), `logprobs` (the responses cannot carry them),
+`suffix` (no fill-in-the-middle for arbitrary models) and `user` (bookkeeping only).
 """
 
 from __future__ import annotations
@@ -17,19 +19,6 @@ from zarf_vllm.backend.config import SamplingSettings
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
-
-INT32_MAX = 2**31 - 1
-
-# Contract fields that are accepted but have no effect, and why (documented in the README).
-UNSUPPORTED_FIELDS = {
-    "best_of": "vLLM's V1 engine has no best_of; use n",
-    "typical_p": "vLLM has no typical sampling",
-    "watermark": "vLLM has no watermarking",
-    "logprobs": "the contract's responses have no field to carry log-probabilities",
-    "suffix": "vLLM has no fill-in-the-middle for arbitrary models",
-    "user": "accepted for the API's bookkeeping; not used for generation",
-    "seed": "honoured on GPUs; refused on the CPU engine (see Limits.per_request_seed)",
-}
 
 
 class InvalidRequest(ValueError):

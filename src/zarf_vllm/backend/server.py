@@ -152,7 +152,6 @@ class BackendServer:
         self.metrics.watch_engine(engine.unfinished_requests)
         if self.settings.server.warmup:
             await self._warm_up(engine)
-        self.runtime.ready = True
         self.calls.accepting = True
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log_event(
