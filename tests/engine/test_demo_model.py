@@ -14,20 +14,11 @@ from support.paths import REPO
 from zarf_vllm.backend.proto.chat import chat_pb2, chat_pb2_grpc
 from zarf_vllm.backend.proto.completion import completion_pb2, completion_pb2_grpc
 from zarf_vllm.backend.proto.name import name_pb2_grpc
-from zarf_vllm.model.manifest import load_manifest
 
 pytestmark = pytest.mark.engine
 
 ROOT = REPO
 MANIFEST = ROOT / "model-manifests" / "smollm2-135m-instruct.yaml"
-
-
-@pytest.fixture(scope="module")
-def demo_model_dir() -> Path:
-    from zarf_vllm.packaging.weights.pull import default_dest, pull
-
-    manifest = load_manifest(MANIFEST)
-    return pull(manifest, default_dest(manifest)).directory
 
 
 @pytest.fixture(scope="module")

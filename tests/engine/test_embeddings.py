@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -14,7 +15,6 @@ from support.backend_process import BackendProcess
 from support.paths import REPO
 from zarf_vllm.backend.proto.chat import chat_pb2, chat_pb2_grpc
 from zarf_vllm.backend.proto.embeddings import embeddings_pb2, embeddings_pb2_grpc
-from zarf_vllm.model.manifest import load_manifest
 
 pytestmark = pytest.mark.engine
 
@@ -23,13 +23,11 @@ MANIFEST = ROOT / "model-manifests" / "all-minilm-l6-v2.yaml"
 
 
 @pytest.fixture(scope="module")
-def embedding_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendProcess]:
-    from zarf_vllm.packaging.weights.pull import default_dest, pull
-
-    manifest = load_manifest(MANIFEST)
-    model_dir = pull(manifest, default_dest(manifest)).directory
+def embedding_backend(
+    embedding_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BackendProcess]:
     backend = BackendProcess(
-        model_dir,
+        embedding_model_dir,
         tmp_path_factory.mktemp("embed"),
         {"model": {"manifest": str(MANIFEST)}, "limits": {"max_embedding_inputs": 8}},
     ).start()

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +44,28 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 class BackendProcess:
     def __init__(
         self,
-        model_dir: Path,
+        model_dir: Path | None,
         workdir: Path,
         settings: dict[str, Any] | None = None,
         *,
         command_prefix: Sequence[str] = (),
         extra_env: dict[str, str] | None = None,
+        config_file: Path | None = None,
+        base_env: Mapping[str, str] | None = None,
     ) -> None:
+        """`config_file` serves that file as it is (no test settings, no --model: the model
+        comes from the file, as in the pod); `base_env` replaces this process's environment
+        as the one the child starts from, so nothing outside the test steers it."""
+        if config_file is not None and (settings or model_dir is not None):
+            raise ValueError("config_file is served as it is: pass no model_dir or settings")
         self.model_dir = model_dir
-        self.config_file = workdir / "backend.yaml"
-        self.config_file.write_text(yaml.safe_dump(deep_merge(CPU_TEST_SETTINGS, settings or {})))
+        if config_file is None:
+            config_file = workdir / "backend.yaml"
+            config_file.write_text(yaml.safe_dump(deep_merge(CPU_TEST_SETTINGS, settings or {})))
+        self.config_file = config_file
         self.command_prefix = list(command_prefix)
         self.extra_env = extra_env or {}
+        self.base_env = base_env
         self.process: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
         self.port: int | None = None
@@ -65,12 +75,14 @@ class BackendProcess:
     # -- process ------------------------------------------------------------------------
 
     def start(self) -> BackendProcess:
+        model = [] if self.model_dir is None else ["--model", str(self.model_dir)]
         command = [
             *self.command_prefix,
-            sys.executable, "-m", "backend", "serve",
-            "--model", str(self.model_dir), "--config", str(self.config_file),
+            sys.executable, "-m", "zarf_vllm.backend", "serve",
+            *model, "--config", str(self.config_file),
         ]  # fmt: skip
-        env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", **self.extra_env}
+        base = os.environ if self.base_env is None else self.base_env
+        env = {**base, "VLLM_LOGGING_LEVEL": "WARNING", **self.extra_env}
         self.process = subprocess.Popen(
             command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
         )
