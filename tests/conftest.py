@@ -14,6 +14,10 @@ from support.paths import MANIFESTS
 from support.tiny_model import build_tiny_llama
 from zarf_vllm.model.manifest import ModelManifest, load_manifest
 
+# The layer is the folder: every test under tests/engine runs the real vLLM engine (marker
+# `engine`), every test under tests/containers builds or runs images (`container`).
+LAYER_MARKERS = {"engine": "engine", "containers": "container"}
+
 DEMO_MANIFEST = MANIFESTS / "smollm2-135m-instruct.yaml"
 EMBEDDING_MANIFEST = MANIFESTS / "all-minilm-l6-v2.yaml"
 
@@ -73,3 +77,11 @@ def demo_model_dir(model_dir_of: Callable[[ModelManifest], Path]) -> Path:
 def embedding_model_dir(model_dir_of: Callable[[ModelManifest], Path]) -> Path:
     """all-MiniLM-L6-v2, the embedding model."""
     return model_dir_of(load_manifest(EMBEDDING_MANIFEST))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests = Path(__file__).parent
+    for item in items:
+        layer = item.path.relative_to(tests).parts[0]
+        if layer in LAYER_MARKERS:
+            item.add_marker(LAYER_MARKERS[layer])

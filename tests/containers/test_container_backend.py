@@ -18,8 +18,6 @@ from support.backend_process import json_event
 from support.container_serving import ServedBackend, health_status
 from zarf_vllm.backend.proto.chat import chat_pb2, chat_pb2_grpc
 
-pytestmark = pytest.mark.container
-
 CAPITAL_QUESTION = "What is the capital of France?"
 
 

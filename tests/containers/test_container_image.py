@@ -5,12 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 
-import pytest
-
 import zarf_vllm
 from zarf_vllm.backend.offline import OFFLINE_ENVIRONMENT
-
-pytestmark = pytest.mark.container
 
 LOCKED_DOWN = [
     "--rm", "--read-only", "--tmpfs", "/tmp", "--network", "none", "--cap-drop", "ALL",

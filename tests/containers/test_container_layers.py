@@ -7,13 +7,9 @@ import json
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from support.container_deployment import ROOT
 from support.container_serving import DEMO_MODEL, run_step
 from zarf_vllm.model.manifest import load_manifest
-
-pytestmark = pytest.mark.container
 
 REBUILD_TAG = f"zarf.internal/zarf-vllm/model-{DEMO_MODEL}:rebuild-test"
 

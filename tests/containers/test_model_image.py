@@ -281,7 +281,6 @@ def _cat(tag: str, path: str, target: Path) -> bytes:
         subprocess.run(["docker", "rm", container], capture_output=True, check=False)
 
 
-@pytest.mark.container
 @pytest.mark.skipif(not _docker_ready(), reason="no Docker engine running")
 def test_loads_into_docker_and_builds_on_an_engine_base(base, model, tmp_path: Path) -> None:
     manifest, manifest_path, weights = model

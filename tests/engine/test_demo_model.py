@@ -15,8 +15,6 @@ from zarf_vllm.backend.proto.chat import chat_pb2, chat_pb2_grpc
 from zarf_vllm.backend.proto.completion import completion_pb2, completion_pb2_grpc
 from zarf_vllm.backend.proto.name import name_pb2_grpc
 
-pytestmark = pytest.mark.engine
-
 ROOT = REPO
 MANIFEST = ROOT / "model-manifests" / "smollm2-135m-instruct.yaml"
 

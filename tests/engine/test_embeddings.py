@@ -16,8 +16,6 @@ from support.paths import REPO
 from zarf_vllm.backend.proto.chat import chat_pb2, chat_pb2_grpc
 from zarf_vllm.backend.proto.embeddings import embeddings_pb2, embeddings_pb2_grpc
 
-pytestmark = pytest.mark.engine
-
 ROOT = REPO
 MANIFEST = ROOT / "model-manifests" / "all-minilm-l6-v2.yaml"
 

@@ -6,15 +6,12 @@ from __future__ import annotations
 from collections import Counter
 
 import grpc
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from support.backend_process import SERVING, BackendProcess
 from zarf_vllm.backend.proto.chat import chat_pb2, chat_pb2_grpc
 from zarf_vllm.backend.proto.completion import completion_pb2, completion_pb2_grpc
-
-pytestmark = pytest.mark.engine
 
 EXAMPLES = 500
 INT32 = st.integers(-(2**31), 2**31 - 1)

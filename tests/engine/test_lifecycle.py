@@ -17,8 +17,6 @@ from support.backend_process import NOT_SERVING, SERVING, BackendProcess
 from support.paths import REPO
 from zarf_vllm.backend.proto.chat import chat_pb2, chat_pb2_grpc
 
-pytestmark = pytest.mark.engine
-
 EOS_ID = "0"  # tiny_model's "<|end|>", the first special token
 NO_EOS = {EOS_ID: -100}
 

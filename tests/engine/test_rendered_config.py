@@ -46,8 +46,6 @@ from zarf_vllm.packaging.model_image import model_paths
 from zarf_vllm.packaging.preview import Preview
 from zarf_vllm.packaging.profiles import fitting_manifests
 
-pytestmark = pytest.mark.engine
-
 PROFILE = "cpu"
 QUESTION = "What is the capital of France?"
 # Variables of this process that would steer the child past the rendered config and env: the

@@ -18,8 +18,6 @@ from zarf_vllm.backend.proto.counting import counting_pb2, counting_pb2_grpc
 from zarf_vllm.backend.proto.embeddings import embeddings_pb2, embeddings_pb2_grpc
 from zarf_vllm.backend.proto.name import name_pb2_grpc
 
-pytestmark = pytest.mark.engine
-
 MAX_MODEL_LEN = 1024
 
 
