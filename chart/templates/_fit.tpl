@@ -36,9 +36,7 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- $c := get $v.costs (ternary (get $o "cpuDtype" | default $v.defaultDtype) $v.defaultDtype $cpu) -}}
 {{- $refuse := dict "root" .root "name" $name -}}
 {{- if $cpu -}}
-{{- range $pair := list (list "gpuCount" "GPU_COUNT") (list "gpuMemoryGib" "GPU_MEMORY_GIB") (list "tensorParallelSize" "TENSOR_PARALLEL_SIZE") (list "utilPermille" "GPU_MEMORY_UTILIZATION") (list "kvCacheDtype" "KV_CACHE_DTYPE") -}}
-{{- if hasKey $o (index $pair 0) }}{{ fail (printf $m.gpuOnly (index $pair 1)) }}{{ end -}}
-{{- end -}}
+{{- range $k.gpuOnly }}{{ if hasKey $o .field }}{{ fail (printf $m.gpuOnly .variable) }}{{ end }}{{ end -}}
 {{- if not (has $c.quantization $k.cpuQuantizations) }}{{ include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.cpuQuantization $c.model $c.quantization)) }}{{ end -}}
 {{- else if hasKey $o "cpuKvcacheGib" }}{{ fail (printf $m.cpuOnly $name) }}
 {{- else if hasKey $o "cpuDtype" }}{{ fail (printf $m.cpuDtypeOnly $name) }}{{ end -}}
@@ -150,16 +148,16 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- $name -}}
 {{- end -}}
 
-{{/* The sizing override variables that are set, parsed: integers, utilization in permille. */}}
+{{/* The sizing override variables that are set, parsed as .Values.constants.overrides says
+(from chart/zarf/deploy-variables.yaml): integers, text, utilization in permille. */}}
 {{- define "zarf-vllm.overrides" -}}
 {{- $o := .Values.overrides | default dict -}}
 {{- $parsed := dict -}}
-{{- range $key := list "gpuCount" "gpuMemoryGib" "tensorParallelSize" "maxModelLen" "maxNumSeqs" "maxNumBatchedTokens" "cpuKvcacheGib" "hostCpu" "hostMemoryGib" -}}
-{{- with toString (get $o $key | default "") }}{{ $_ := set $parsed $key (atoi .) }}{{ end -}}
-{{- end -}}
-{{- with toString ($o.gpuMemoryUtilization | default "") }}{{ $_ := set $parsed "utilPermille" (atoi (trunc 3 (printf "%s00" (last (splitList "." .))))) }}{{ end -}}
-{{- range $key := list "kvCacheDtype" "cpuDtype" -}}
-{{- with toString (get $o $key | default "") }}{{ $_ := set $parsed $key . }}{{ end -}}
+{{- range .Values.constants.overrides -}}
+{{- $text := toString (get $o .value | default "") -}}
+{{- if and $text (eq .kind "int") }}{{ $_ := set $parsed .field (atoi $text) }}{{ end -}}
+{{- if and $text (eq .kind "text") }}{{ $_ := set $parsed .field $text }}{{ end -}}
+{{- if and $text (eq .kind "permille") }}{{ $_ := set $parsed .field (atoi (trunc 3 (printf "%s00" (last (splitList "." $text))))) }}{{ end -}}
 {{- end -}}
 {{- $parsed | toJson -}}
 {{- end -}}

@@ -228,6 +228,28 @@ class DeployVariables(BaseModel):
         )
 
 
+    def chart_overrides(self) -> list[dict[str, str]]:
+        """What the chart's override check parses, rendered into the values so the template
+        holds no list of its own: each sizing variable's key under `overrides`, the key it
+        becomes (the sizing field, camelCased) and how its text is read."""
+        kinds = _overrides_fields()
+        entries = []
+        for v in self.variables:
+            if not v.sizing:
+                continue
+            kind = "permille" if v.sizing == "util_permille" else (
+                "int" if kinds[v.sizing] is int else "text"
+            )
+            entries.append({"value": v.path[-1], "field": camel_case(v.sizing), "kind": kind})
+        return entries
+
+
+def camel_case(name: str) -> str:
+    """A Python field name as the chart's values spell it: util_permille -> utilPermille."""
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
 def _parse(field: str, text: str) -> Any:
     if field == "util_permille":  # "0.92" -> 920, as the chart computes it
         return sizing.parse_permille(text)

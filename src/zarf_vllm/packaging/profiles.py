@@ -34,7 +34,7 @@ from zarf_vllm.model.sizing import (
     Overrides,
     Refused,
 )
-from zarf_vllm.packaging import project
+from zarf_vllm.packaging import deploy_variables, project
 
 VALUES_TEMPLATE = "zarf/values.yaml.j2"
 IMAGE_REPOSITORY = "zarf.internal/zarf-vllm/model-{id}"
@@ -221,13 +221,8 @@ def model_image(manifest_id: str, version: str, flavor: str) -> tuple[str, str]:
     return IMAGE_REPOSITORY.format(id=manifest_id), f"{version}-{flavor}"
 
 
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.capitalize() for part in rest)
-
-
 def _camel_dict(obj: object) -> dict:
-    return {_camel(k): v for k, v in dataclasses.asdict(obj).items()}  # type: ignore[arg-type]
+    return {deploy_variables.camel_case(k): v for k, v in dataclasses.asdict(obj).items()}  # type: ignore[arg-type]
 
 
 def fit_values(fit: Fit) -> dict:
@@ -304,9 +299,16 @@ def _model_values(manifest: ModelManifest) -> dict:
     }
 
 
-def _constants() -> dict[str, object]:
-    """The few constants the chart's override check and the Deployment read."""
+def _constants(chart_dir: Path) -> dict[str, object]:
+    """The few constants the chart's override check and the Deployment read, and the lists
+    it walks (which overrides to parse and how; which are GPU-only), so it holds none."""
+    table = deploy_variables.load(chart_dir.parent)
     return {
+        "overrides": table.chart_overrides(),
+        "gpuOnly": [
+            {"field": deploy_variables.camel_case(field), "variable": variable}
+            for field, variable in sizing.GPU_ONLY_VARIABLES.items()
+        ],
         "gib": sizing.GIB,
         "mib": sizing.MIB,
         "blockSize": sizing.BLOCK_SIZE,
@@ -356,7 +358,7 @@ def render_values(
         model=_model_values(manifest),
         costs=costs_by_dtype,
         default_dtype=costs.dtype,
-        constants=_constants(),
+        constants=_constants(chart_dir),
         startup_failure_threshold=sizing.ceil_div(
             costs.startup_seconds, sizing.PROBE_PERIOD_SECONDS
         ),
