@@ -51,6 +51,22 @@ def test_max_tokens_are_clamped_to_the_room_left_in_the_context() -> None:
         params(prompt_tokens=100)
 
 
+def test_max_new_tokens_0_means_the_default_still_clamped_to_the_context() -> None:
+    # The LeapfrogAI API sends 0 for `"max_tokens": null`; chat's proto3 int32 cannot tell 0
+    # from unset anyway.
+    assert params(max_new_tokens=0).max_tokens == DEFAULTS.max_new_tokens == 16
+    assert params(max_new_tokens=0).max_tokens == params(max_new_tokens=None).max_tokens
+    assert params(prompt_tokens=90, max_new_tokens=0).max_tokens == 10
+    with pytest.raises(InvalidRequest, match="prompt: the prompt is 100 tokens"):
+        params(prompt_tokens=100, max_new_tokens=0)
+
+
+def test_a_negative_max_new_tokens_is_refused_before_anything_else() -> None:
+    # Even with a prompt that does not fit: the field the client got wrong is named first.
+    with pytest.raises(InvalidRequest, match=r"^max_new_tokens: .*got -5$"):
+        params(prompt_tokens=100, max_new_tokens=-5)
+
+
 def test_extra_stop_strings_are_merged_without_duplicates() -> None:
     p = build_sampling_params(
         SamplingRequest(stop=["a"]), prompt_tokens=1, defaults=DEFAULTS, limits=LIMITS,
@@ -62,7 +78,7 @@ def test_extra_stop_strings_are_merged_without_duplicates() -> None:
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
-        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"max_new_tokens": -1}, "max_new_tokens"),
         ({"temperature": 2.5}, "temperature"),
         ({"temperature": float("inf")}, "temperature"),
         ({"top_p": 0.0}, "top_p"),

@@ -18,7 +18,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
@@ -27,7 +27,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 import zarf_vllm.backend.server as server_module
-from support.fake_engine import EMBEDDING_DIM, FakeAsyncLLM, Script, make_engine, tiny_tokenizer
+from support.fake_engine import (
+    EMBEDDING_DIM,
+    FakeAsyncLLM,
+    Script,
+    embedding_of,
+    make_engine,
+    tiny_tokenizer,
+)
 from zarf_vllm.backend.config import load_settings
 from zarf_vllm.backend.engine import Engine
 from zarf_vllm.backend.metrics import Metrics
@@ -37,6 +44,10 @@ from zarf_vllm.backend.proto.counting import counting_pb2, counting_pb2_grpc
 from zarf_vllm.backend.proto.embeddings import embeddings_pb2, embeddings_pb2_grpc
 from zarf_vllm.backend.proto.name import name_pb2_grpc
 from zarf_vllm.backend.server import BackendServer
+from zarf_vllm.model.manifest import ModelManifest
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 SERVED_NAME = "fake-model"
 MODEL_STOP = "###"  # the chat settings' stop string, added to every request's
@@ -97,6 +108,8 @@ async def serve(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AsyncIterato
         per_request_seed: bool = True,
         embedding: bool = False,
         load: bool = True,
+        manifest: ModelManifest | None = None,
+        tokenizer: PreTrainedTokenizerFast | None = None,
     ) -> Served:
         base = {
             "model": {
@@ -115,7 +128,8 @@ async def serve(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AsyncIterato
             "chat": {"stop": [MODEL_STOP]},
         }
         config = load_settings(None, _merge(base, settings or {}))
-        fake = FakeAsyncLLM()  # the warm-up runs on the default script, which finishes
+        # The warm-up runs on the default script, which finishes.
+        fake = FakeAsyncLLM(tokenizer=tokenizer)
         engine = make_engine(
             fake,
             max_model_len=max_model_len,
@@ -127,7 +141,7 @@ async def serve(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AsyncIterato
         # A registry per server: the default one allows one BackendServer per process.
         registry = CollectorRegistry()
         monkeypatch.setattr(server_module, "Metrics", lambda: Metrics(registry))
-        backend = BackendServer(config, None)
+        backend = BackendServer(config, manifest)
         await backend.start()
         served = Served(
             backend, fake, grpc.aio.insecure_channel(f"127.0.0.1:{backend.port}"), registry
@@ -334,7 +348,7 @@ async def test_echo_puts_the_prompt_once_in_front_of_each_choice(serve: Serve) -
 INVALID_CHAT = [
     ("chat_items", dict(chat_items=[])),
     ("chat_items", dict(chat_items=[chat_pb2.ChatItem(role=7, content="hi")])),
-    ("max_new_tokens", dict(max_new_tokens=0)),  # not optional in chat: unset is refused
+    ("max_new_tokens", dict(max_new_tokens=-1)),  # 0 is unset, the default; below it refused
     ("top_p", dict(top_p=1.5)),
     ("n", dict(n=99)),
     ("stop", dict(stop=[""])),
@@ -520,7 +534,6 @@ async def test_bad_embedding_requests_get_invalid_argument(serve: Serve) -> None
     for inputs, message in [
         ([], "inputs: must hold at least one string"),
         (["x"] * 5, "inputs: at most 4 strings per call, got 5"),
-        (["short", "Paris " * 40], "inputs: input 1 is"),
     ]:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.CreateEmbedding(embeddings_pb2.EmbeddingRequest(inputs=inputs))
@@ -540,3 +553,197 @@ async def test_each_model_kind_serves_only_its_own_services(serve: Serve) -> Non
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.CreateEmbedding(embeddings_pb2.EmbeddingRequest(inputs=["x"]))
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+# -- the LeapfrogAI API's request shapes (v0.14.0) ----------------------------------------
+# What the API sends, field for field: chat carries only chat_items, max_new_tokens (0 for
+# `"max_tokens": null`) and temperature (1.0 unless null); completions prompt, max_new_tokens and
+# temperature; embeddings up to 500 inputs per call (RAG indexing), some longer than the model's
+# limit. The API shows every gRPC error as a bare HTTP 500, so each of these must succeed.
+
+
+def leapfrogai_chat(text: str = "Hello there") -> chat_pb2.ChatCompletionRequest:
+    return chat_pb2.ChatCompletionRequest(
+        chat_items=[chat_pb2.ChatItem(role=chat_pb2.USER, content=text)],
+        max_new_tokens=0,
+        temperature=1.0,
+    )
+
+
+async def test_leapfrogai_chat_with_max_tokens_null_gets_the_configured_default(
+    serve: Serve,
+) -> None:
+    served = await serve(
+        Script(finish="length"), settings={"sampling": {"max_new_tokens": 24}}, max_model_len=1024
+    )
+    request = leapfrogai_chat()
+    response = await served.chat().ChatComplete(request)
+    [choice] = response.choices
+    assert choice.finish_reason == chat_pb2.LENGTH
+    assert response.usage.completion_tokens == 24
+    params = served.fake.request(request_id(response)).params
+    assert (params.max_tokens, params.temperature) == (24, 1.0)
+
+    chunks = [c async for c in served.chat_stream().ChatCompleteStream(request)]
+    assert chunks[-1].choices[-1].finish_reason == chat_pb2.LENGTH
+    assert chunks[-1].usage.completion_tokens == 24
+
+
+async def test_max_new_tokens_0_falls_back_to_the_manifests_default_then_the_settings(
+    serve: Serve,
+) -> None:
+    from support.paths import MANIFESTS
+    from zarf_vllm.model.manifest import SamplingDefaults, load_manifest
+
+    demo = load_manifest(MANIFESTS / "smollm2-135m-instruct.yaml")
+    manifest = demo.model_copy(update={"sampling": SamplingDefaults(max_new_tokens=40)})
+    cases = [
+        ({}, manifest, 40),  # the manifest's default
+        ({"sampling": {"max_new_tokens": 24}}, manifest, 24),  # the settings win over it
+        ({}, None, 256),  # neither: config.py's default
+    ]
+    for settings, with_manifest, expected in cases:
+        served = await serve(
+            Script(finish="length"), settings=settings, manifest=with_manifest, max_model_len=1024
+        )
+        response = await served.chat().ChatComplete(leapfrogai_chat())
+        assert response.usage.completion_tokens == expected, (settings, with_manifest)
+
+
+async def test_max_new_tokens_0_is_still_clamped_to_the_context(serve: Serve) -> None:
+    served = await serve(Script(finish="length"), max_model_len=64)  # default 256 > 64
+    response = await served.chat().ChatComplete(leapfrogai_chat())
+    assert response.choices[0].finish_reason == chat_pb2.LENGTH
+    assert response.usage.prompt_tokens == len(rendered_chat_ids("Hello there"))
+    assert response.usage.completion_tokens == 64 - response.usage.prompt_tokens
+
+
+async def test_completion_max_new_tokens_0_means_the_default_as_in_chat(serve: Serve) -> None:
+    served = await serve(
+        Script(finish="length"), settings={"sampling": {"max_new_tokens": 24}}, max_model_len=1024
+    )
+    explicit_zero = completion_pb2.CompletionRequest(
+        prompt="Once upon a time", max_new_tokens=0, temperature=1.0
+    )
+    assert explicit_zero.HasField("max_new_tokens")  # optional here: 0 is sent, not unset
+    unset = completion_pb2.CompletionRequest(prompt="Once upon a time", temperature=1.0)
+    for request in (explicit_zero, unset):
+        response = await served.completion().Complete(request)
+        assert response.usage.completion_tokens == 24
+        assert served.fake.requests[-1].params.max_tokens == 24
+        chunks = [c async for c in served.completion_stream().CompleteStream(request)]
+        assert chunks[-1].usage.completion_tokens == 24
+
+
+async def test_a_negative_max_new_tokens_is_still_refused_naming_the_field(serve: Serve) -> None:
+    served = await serve()
+    request = leapfrogai_chat()
+    request.max_new_tokens = -3
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await served.chat().ChatComplete(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("max_new_tokens:")
+    assert "-3" in caught.value.details()
+
+
+@pytest.mark.parametrize("count", [300, 500])
+async def test_leapfrogai_embedding_calls_of_300_and_500_inputs_succeed_in_order(
+    serve: Serve, count: int
+) -> None:
+    from zarf_vllm.backend.config import LimitSettings
+    from zarf_vllm.backend.engine import EMBED_IN_FLIGHT
+
+    default_limit = LimitSettings().max_embedding_inputs
+    assert default_limit >= 500
+    served = await serve(
+        embedding=True, settings={"limits": {"max_embedding_inputs": default_limit}}
+    )
+    # Distinct texts of different lengths, so a vector out of place is seen.
+    inputs = [f"chunk {i}: " + "The capital of France is Paris. " * (i % 5) for i in range(count)]
+    stub = embeddings_pb2_grpc.EmbeddingsServiceStub(served.channel)
+    response = await stub.CreateEmbedding(embeddings_pb2.EmbeddingRequest(inputs=inputs))
+    vectors = [list(e.embedding) for e in response.embeddings]
+    tokenizer = tiny_tokenizer()
+    assert vectors == [embedding_of(tokenizer.encode(text)) for text in inputs]
+    # Fed to the engine in a window, not all at once, and every input exactly once.
+    assert served.fake.max_concurrent_encodes == EMBED_IN_FLIGHT
+    assert len(served.fake.encoded) == 1 + count  # and the warm-up
+
+
+async def test_an_embedding_call_over_the_limit_is_refused_naming_it(serve: Serve) -> None:
+    served = await serve(embedding=True, settings={"limits": {"max_embedding_inputs": 500}})
+    stub = embeddings_pb2_grpc.EmbeddingsServiceStub(served.channel)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateEmbedding(embeddings_pb2.EmbeddingRequest(inputs=["x"] * 501))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == "inputs: at most 500 strings per call, got 501"
+
+
+async def test_an_embedding_input_over_the_models_limit_is_truncated_keeping_its_start(
+    serve: Serve,
+) -> None:
+    served = await serve(embedding=True, max_model_len=256)
+    long_text = "The capital of France is Paris. " * 60
+    text_ids = tokens(long_text)
+    assert len(text_ids) + 1 > 256  # with the BOS, over the limit
+    stub = embeddings_pb2_grpc.EmbeddingsServiceStub(served.channel)
+    response = await stub.CreateEmbedding(
+        embeddings_pb2.EmbeddingRequest(inputs=["short one", long_text, "another"])
+    )
+    assert len(response.embeddings) == 3
+    bos = tiny_tokenizer().bos_token_id
+    kept = [bos, *text_ids[:255]]  # the start, special token included, 256 in all
+    assert served.fake.encoded[-3:] == [
+        tiny_tokenizer().encode("short one"),
+        kept,
+        tiny_tokenizer().encode("another"),
+    ]
+    assert list(response.embeddings[1].embedding) == embedding_of(kept)
+    assert served.metric("backend_prompt_tokens_total", method="CreateEmbedding") == sum(
+        len(ids) for ids in served.fake.encoded[-3:]
+    )
+
+
+async def test_truncation_keeps_a_bert_tokenizers_closing_sep(serve: Serve) -> None:
+    """[CLS] ... [SEP] models: the cut is inside the text, the closing [SEP] stays, as in
+    sentence-transformers (its tokenizer call truncates before adding special tokens)."""
+    from support.tiny_bert import bert_tokenizer
+
+    bert = bert_tokenizer()
+    served = await serve(embedding=True, max_model_len=32, tokenizer=bert)
+    text = "Paris is the capital of France. " * 20
+    words = bert.encode(text, add_special_tokens=False)
+    assert len(words) > 32
+    stub = embeddings_pb2_grpc.EmbeddingsServiceStub(served.channel)
+    await stub.CreateEmbedding(embeddings_pb2.EmbeddingRequest(inputs=[text]))
+    assert served.fake.encoded[-1] == [bert.cls_token_id, *words[:30], bert.sep_token_id]
+
+
+async def test_embedding_overflow_refuse_names_the_input_and_embeds_nothing(
+    serve: Serve,
+) -> None:
+    served = await serve(
+        embedding=True, max_model_len=16, settings={"limits": {"embedding_overflow": "refuse"}}
+    )
+    stub = embeddings_pb2_grpc.EmbeddingsServiceStub(served.channel)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateEmbedding(embeddings_pb2.EmbeddingRequest(inputs=["short", "Paris " * 40]))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("inputs: input 1 is ")
+    assert "at most 16" in caught.value.details()
+    assert served.fake.encoded == [tiny_tokenizer().encode("warm-up")]  # nothing else reached it
+
+
+def test_embedding_overflow_is_a_checked_setting() -> None:
+    from zarf_vllm.backend.config import ConfigError
+
+    settings = load_settings(None, {"model": {"path": "/m"}})
+    assert settings.limits.embedding_overflow == "truncate"
+    assert (
+        load_settings(
+            None, {"model": {"path": "/m"}, "limits": {"embedding_overflow": "refuse"}}
+        ).limits.embedding_overflow
+        == "refuse"
+    )
+    with pytest.raises(ConfigError, match=r"limits\.embedding_overflow"):
+        load_settings(None, {"model": {"path": "/m"}, "limits": {"embedding_overflow": "drop"}})

@@ -100,7 +100,19 @@ class LimitSettings(_Section):
     ] = 256
     max_n: Annotated[int, Field(gt=0, description="Largest n (choices per request)")] = 8
     max_stop_sequences: Annotated[int, Field(gt=0)] = 16
-    max_embedding_inputs: Annotated[int, Field(gt=0)] = 256
+    max_embedding_inputs: Annotated[
+        int, Field(gt=0, description="Strings per CreateEmbedding call; past it INVALID_ARGUMENT")
+        # LeapfrogAI's RAG indexing sends up to 500 per call. 2048 admits that four times over,
+        # and still bounds one call's answer: 2048 vectors of 4096 floats (the widest common
+        # embedding models) are 32 MiB, half the server's 64 MiB message limit.
+    ] = 2048
+    embedding_overflow: Annotated[
+        Literal["truncate", "refuse"],
+        Field(
+            description="An embedding input longer than the model's limit: truncate keeps its "
+            "first tokens (as sentence-transformers does), refuse answers INVALID_ARGUMENT"
+        ),
+    ] = "truncate"
     drain_timeout_s: Annotated[
         float, Field(ge=0, description="On SIGTERM, how long calls in flight may finish")
     ] = 30.0

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 # Texts longer than this are tokenized in a worker thread so one huge prompt does not stall
 # every other stream on the event loop; short ones are cheaper inline.
 _INLINE_TOKENIZE_CHARS = 4096
+# The inputs of one embedding call that are in the engine at once; the rest wait here. vLLM
+# batches at most max_num_seqs sequences per step (256 unless configured), so a wider window
+# would only queue inside the engine, where a 2048-input call would sit in front of every
+# other call's inputs; a window this wide still fills every step.
+EMBED_IN_FLIGHT = 256
 
 logger = get_logger("engine")
 
@@ -152,20 +157,48 @@ class Engine:
                 await stream.aclose()
                 await self._llm.abort(request_id)
 
+    async def tokenize_inputs(
+        self, texts: Sequence[str], *, max_tokens: int | None = None
+    ) -> list[list[int]]:
+        """Embedding inputs' token ids, special tokens included, in one batched tokenizer call.
+
+        With `max_tokens`, a longer input is cut by the tokenizer itself, as sentence-transformers
+        does (`tokenizer(..., truncation=..., max_length=max_seq_length)`): the text's tokens are
+        cut on the tokenizer's truncation side (the end, unless the model's tokenizer config says
+        otherwise, so the start is kept) and the special tokens ([CLS] ... [SEP]) are added after
+        cutting, so the input still ends the way the model was trained on.
+        """
+
+        def encode() -> list[list[int]]:
+            encoded = self.tokenizer(
+                list(texts),
+                add_special_tokens=True,
+                truncation=max_tokens is not None,
+                max_length=max_tokens,
+            )
+            return [list(ids) for ids in encoded["input_ids"]]
+
+        if sum(len(text) for text in texts) <= _INLINE_TOKENIZE_CHARS:
+            return encode()
+        return await asyncio.to_thread(encode)
+
     async def embed(self, inputs: Sequence[list[int]]) -> list[list[float]]:
-        """One embedding per tokenized input, submitted together so the engine batches them."""
+        """One embedding per tokenized input, in the inputs' order. Up to EMBED_IN_FLIGHT of
+        them are in the engine at once (it batches them); the next enters as one finishes."""
+        window = asyncio.Semaphore(EMBED_IN_FLIGHT)
 
         async def one(prompt_ids: list[int]) -> list[float]:
-            request_id = f"embed-{uuid.uuid4().hex}"
-            result = None
-            async for output in self._llm.encode(
-                self._tokens_input(prompt_ids),
-                self._pooling_params(task="embed"),
-                request_id=request_id,
-            ):
-                result = output
-            assert result is not None and result.finished
-            return result.outputs.data.tolist()
+            async with window:
+                request_id = f"embed-{uuid.uuid4().hex}"
+                result = None
+                async for output in self._llm.encode(
+                    self._tokens_input(prompt_ids),
+                    self._pooling_params(task="embed"),
+                    request_id=request_id,
+                ):
+                    result = output
+                assert result is not None and result.finished
+                return result.outputs.data.tolist()
 
         return list(await asyncio.gather(*(one(ids) for ids in inputs)))
 

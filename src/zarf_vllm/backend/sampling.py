@@ -72,7 +72,18 @@ def _check_range(name: str, value: float | None, low: float, high: float, why: s
 def resolve_max_tokens(
     requested: int | None, default: int, prompt_tokens: int, limits: Limits
 ) -> int:
-    """The number of tokens to generate: the request's or the default, clamped to the context."""
+    """The number of tokens to generate: the request's or the default, clamped to the context.
+
+    0 means "unset", like None: chat's max_new_tokens is a plain proto3 int32, where unset and
+    0 are the same on the wire, and the LeapfrogAI API sends 0 for `"max_tokens": null` (in
+    completions too), so 0 takes the configured default. Asking for no tokens at all is not a
+    request anyone can mean.
+    """
+    if requested is not None and requested < 0:
+        raise InvalidRequest(
+            "max_new_tokens",
+            f"must be a positive number of tokens (or 0 for the default), got {requested}",
+        )
     room = limits.max_model_len - prompt_tokens
     if room <= 0:
         raise InvalidRequest(
@@ -80,11 +91,7 @@ def resolve_max_tokens(
             f"the prompt is {prompt_tokens} tokens but the model's context holds "
             f"{limits.max_model_len}; shorten it (or use `truncate`)",
         )
-    if requested is not None and requested <= 0:
-        raise InvalidRequest(
-            "max_new_tokens", f"must be a positive number of tokens, got {requested}"
-        )
-    return min(requested if requested is not None else default, room)
+    return min(requested or default, room)
 
 
 def _top_k(value: float | None) -> int | None:

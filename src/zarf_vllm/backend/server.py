@@ -96,7 +96,12 @@ class BackendServer:
         )
         if self.is_embedding:
             embeddings_pb2_grpc.add_EmbeddingsServiceServicer_to_server(
-                EmbeddingsService(runtime, calls, self.settings.limits.max_embedding_inputs),
+                EmbeddingsService(
+                    runtime,
+                    calls,
+                    self.settings.limits.max_embedding_inputs,
+                    self.settings.limits.embedding_overflow,
+                ),
                 server,
             )
             names.append(_full_name(embeddings_pb2, "EmbeddingsService"))

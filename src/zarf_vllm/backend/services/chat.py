@@ -32,7 +32,8 @@ class ChatService(
         call.prompt_text = prompt
         return await self._runtime.require_generator().prepare(
             prompt,
-            # Not optional in the contract: 0 (unset) is refused like any non-positive value.
+            # Not optional in the contract, so unset arrives as 0 (and the LeapfrogAI API sends
+            # 0 for `"max_tokens": null`): 0 takes the configured default (resolve_max_tokens).
             sampling_request(
                 request, max_new_tokens=request.max_new_tokens, frequency_field="frequency_penalty"
             ),

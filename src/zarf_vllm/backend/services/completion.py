@@ -33,6 +33,8 @@ class CompletionService(
             request.prompt,
             sampling_request(
                 request,
+                # Optional here, but an explicit 0 means the default as in chat: the LeapfrogAI
+                # API sends 0 for `"max_tokens": null` (resolve_max_tokens).
                 max_new_tokens=optional(request, "max_new_tokens"),
                 frequency_field="frequence_penalty",
             ),
