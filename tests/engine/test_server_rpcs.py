@@ -236,7 +236,6 @@ def test_embeddings_are_not_served_by_a_generation_model(tiny_channel) -> None:
 
 INVALID_CHAT = [
     ("chat_items", dict(chat_items=[], max_new_tokens=4)),
-    ("max_new_tokens", dict(max_new_tokens=0)),
     ("max_new_tokens", dict(max_new_tokens=-3)),
     ("temperature", dict(temperature=-0.1)),
     ("temperature", dict(temperature=float("nan"))),
@@ -282,7 +281,7 @@ def test_invalid_completion_fields_get_invalid_argument(tiny_channel) -> None:
     stub = completion_pb2_grpc.CompletionServiceStub(tiny_channel)
     for field, fields in [
         ("prompt", dict(prompt="")),
-        ("max_new_tokens", dict(prompt="x", max_new_tokens=0)),
+        ("max_new_tokens", dict(prompt="x", max_new_tokens=-1)),  # 0 is unset: the default
         ("top_k", dict(prompt="x", top_k=-5)),
         ("frequency_penalty", dict(prompt="x", frequence_penalty=9)),
     ]:
