@@ -115,3 +115,15 @@ def test_manifest_named_as_in_the_image_loads(tmp_path: Path) -> None:
     text = (ROOT / "smollm2-135m-instruct.yaml").read_text()
     (tmp_path / "smollm2-135m-instruct.manifest.yaml").write_text(text)
     assert load_manifest(tmp_path / "smollm2-135m-instruct.manifest.yaml").locked
+
+
+def test_a_quantized_checkpoint_keeps_its_embedding_and_head_in_16_bits() -> None:
+    # Qwen2.5-7B-Instruct-AWQ (unlocked): 2 x 152064 x 3584 x 2 bytes of embedding and LM head,
+    # the other 6.52e9 parameters at 4 bits plus a 16-bit scale and 4-bit zero per 128.
+    manifest = load_manifest(ROOT / "qwen2.5-7b-instruct-awq.yaml")
+    arch = manifest.architecture
+    head_and_embedding = 2 * arch.vocab_size * arch.hidden_size
+    linear = arch.parameters - head_and_embedding
+    expected = linear * (128 * 4 + 16 + 4) // (128 * 8) + head_and_embedding * 2
+    assert manifest.weight_bytes == expected
+    assert 5.1 < manifest.weight_bytes / 2**30 < 5.3
