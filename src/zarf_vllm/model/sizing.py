@@ -8,7 +8,7 @@ The formulas live here and nowhere else. They are used three times:
   dtype) and the refusal texts (`MESSAGES`); the chart's small override check
   (`chart/templates/_fit.tpl`) only adds up those numbers in the order `_fit()` does;
 - at start-up the backend checks its final settings against the machine it runs on
-  (`check_settings` callers in `zarf_vllm.backend`).
+  (`zarf_vllm.backend.fit_check`).
 
 Everything is integer arithmetic on bytes and tokens, so Helm's int64 arithmetic gives the same
 numbers; tests/chart/test_chart.py checks that the chart and Python agree on every manifest x
