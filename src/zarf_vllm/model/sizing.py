@@ -6,7 +6,7 @@ The formulas live here and nowhere else. They are used three times:
 - for deploy-time overrides, which cannot be decided ahead, the same step writes the model's
   `Costs` (every byte count below, already worked out per tensor-parallel size and KV-cache
   dtype) and the refusal texts (`MESSAGES`); the chart's small override check
-  (`chart/templates/_fit.tpl`) only adds up those numbers in the order `_fit()` does;
+  (`chart/templates/_fit.tpl`) only adds up those numbers in the order `fit()` does;
 - at start-up the backend checks its final settings against the machine it runs on
   (`zarf_vllm.backend.fit_check`).
 
