@@ -69,6 +69,9 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- $gpuCount = int64 (get $o "gpuCount" | default $hw.gpuCount | default 0) -}}
 {{- $memoryMib = int64 (ternary (mul (get $o "gpuMemoryGib" | default 0) 1024) ($hw.gpuMemoryMib | default 0) (hasKey $o "gpuMemoryGib")) -}}
 {{- if or (eq $gpuCount 0) (eq $memoryMib 0) }}{{ fail (printf $m.customNeedsGpus $name) }}{{ end -}}
+{{- $cudaTotal := sub (mul $memoryMib $k.mib) $k.cudaTotalShortfallBytes -}}
+{{- $free := sub $cudaTotal $k.freeAtStartShortfallBytes -}}
+{{- if gt (div (mul $cudaTotal $util) 1000) $free }}{{ fail (printf $m.utilTooHigh (include "zarf-vllm.permille" $util) (include "zarf-vllm.gib" (div (mul $memoryMib $k.mib $util) 1000)) (include "zarf-vllm.gib" (mul $memoryMib $k.mib)) (include "zarf-vllm.gib" $free) (include "zarf-vllm.permille" (mul (div (mul $free 100) $cudaTotal) 10))) }}{{ end -}}
 {{- $budget := div (mul $memoryMib $k.mib $util) 1000 -}}
 {{- $candidates := list -}}{{- $rooms := dict -}}{{- $capacities := dict -}}
 {{- range $t := $c.tensorParallelSizes -}}

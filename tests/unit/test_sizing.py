@@ -336,7 +336,10 @@ def test_every_fit_respects_vllms_rules_and_the_memory_budget(
     try:
         fit = size(model, hw)
     except Refused as refused:
-        assert refused.fit and "does not fit" in str(refused)
+        # A lack of room, or a utilization vLLM's free-memory check at start would refuse.
+        assert (refused.fit and "does not fit" in str(refused)) or (
+            not refused.fit and "refuse to start" in str(refused)
+        )
         return
     assert fit.tensor_parallel_size in sizing.tp_candidates(model, hw.gpu_count or 0)
     assert fit.max_model_len % sizing.BLOCK_SIZE == 0
@@ -374,3 +377,16 @@ def test_cpu_dtype_bfloat16_is_sized_at_its_own_bytes_and_only_on_the_cpu() -> N
     assert narrow.host_memory_gib <= wide.host_memory_gib
     with pytest.raises(Refused, match="CPU_DTYPE applies only to the cpu profile"):
         size(SMOLLM2, gpu(), Overrides(cpu_dtype="bfloat16"))
+
+
+def test_a_utilization_vllm_would_refuse_at_start_is_refused_with_the_highest_that_starts() -> None:
+    # An L4 (23,028 MiB as nvidia-smi counts it) refused 0.99 in vLLM's own free-memory check.
+    l4 = gpu(memory_mib=23028, max_model_len=8192)
+    with pytest.raises(Refused, match=r"GPU_MEMORY_UTILIZATION=0\.99 asks vLLM for 22\.2 GiB .* "
+                       r"use at most 0\.97"):  # fmt: skip
+        size(SMOLLM2, l4, Overrides(util_permille=990))
+    assert size(SMOLLM2, l4, Overrides(util_permille=970)).util_permille == 970
+    # An A100-40GB refused 0.99 too; an H100 80GB starts with it.
+    with pytest.raises(Refused, match=r"use at most 0\.98"):
+        size(SMOLLM2, gpu(memory_mib=40960), Overrides(util_permille=990))
+    assert size(SMOLLM2, gpu(memory_mib=81559), Overrides(util_permille=990)).gpus == 1

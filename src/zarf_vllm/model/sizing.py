@@ -60,6 +60,15 @@ SAMPLER_BYTES_PER_SEQ_PER_VOCAB = 8
 GPU_RESERVE_BYTES = 3 * GIB // 2
 TP_RESERVE_BYTES = GIB // 2
 
+# vLLM refuses to start when gpu_memory_utilization x the GPU's total (as CUDA reports it) is
+# more than the memory free at start. CUDA's total is 0.4-0.85 GiB below nvidia-smi's (the
+# profiles' figures); free memory at start is below CUDA's total by the process's CUDA context
+# and whatever else holds the GPU: 0.23 GiB on an L4 that refused 0.99 (21.83 of 22.06 GiB
+# free), and more than 0.39 GiB on an A100-40GB that refused 0.99 too. 0.5 GiB, the usual
+# context, covers both; a GPU of M GiB then starts with at most 1 - 0.5 / (M - 0.85).
+CUDA_TOTAL_SHORTFALL_BYTES = 85 * GIB // 100
+FREE_AT_START_SHORTFALL_BYTES = GIB // 2
+
 # Host memory: the API process and the engine core (Python, torch, tokenizer) take about
 # 3 GiB; each GPU worker process adds CUDA's host-side state and pinned buffers, about 2 GiB.
 # The safetensors are mmapped, and cgroup v2 charges that page cache to the pod, so the
@@ -115,6 +124,9 @@ MESSAGES = {
     "max_num_batched_tokens (%d) must be at least max_model_len (%d)",
     "batchSeqs": "max_num_batched_tokens (%d) must be at least max_num_seqs (%d): vLLM refuses "
     "fewer (set MAX_NUM_BATCHED_TOKENS or MAX_NUM_SEQS)",
+    "utilTooHigh": "GPU_MEMORY_UTILIZATION=%s asks vLLM for %s GiB of each %s GiB GPU, but CUDA "
+    "reports up to 0.85 GiB less than that total and the CUDA context takes about 0.5 GiB, so "
+    "vLLM may find only %s GiB free at start and refuse to start: use at most %s",
     "badTensorParallel": "TENSOR_PARALLEL_SIZE=%d does not suit %s on %d GPU(s): it must divide "
     "the attention heads (%d), the KV heads (%d) and the GPU count (%d); valid sizes: %s",
     "gpuBudget": "%s does not fit profile %s: at tensor parallel %d on %d x %s GiB GPU(s), "
@@ -610,19 +622,32 @@ class _GpuBudget:
         )
 
 
+def _check_utilization(memory_mib: int, util_permille: int) -> None:
+    """Refuses a gpu_memory_utilization that vLLM's free-memory check at start would refuse."""
+    cuda_total = memory_mib * MIB - CUDA_TOTAL_SHORTFALL_BYTES
+    free = cuda_total - FREE_AT_START_SHORTFALL_BYTES
+    if cuda_total * util_permille // 1000 > free:
+        highest = free * 100 // cuda_total * 10  # the variable takes two decimals
+        asked = memory_mib * MIB * util_permille // 1000
+        numbers = (permille(util_permille), gib(asked), gib(memory_mib * MIB), gib(free))
+        raise _refused("utilTooHigh", *numbers, permille(highest), fit=False)
+
+
 def _fit_gpu(costs: Costs, hw: Hardware, o: Overrides, demand: _Demand) -> Fit:
     required = demand.required
     gpu_count = o.gpu_count or hw.gpu_count
     memory_mib = o.gpu_memory_gib * 1024 if o.gpu_memory_gib is not None else hw.gpu_memory_mib
     if gpu_count is None or memory_mib is None:
         raise _refused("customNeedsGpus", hw.name, fit=False)
+    util = o.util_permille or hw.util_permille
+    _check_utilization(memory_mib, util)
     kv_dtype = o.kv_cache_dtype or "auto"
     gpu = _GpuBudget(
         costs=costs,
         profile=hw.name,
         gpu_count=gpu_count,
         memory_mib=memory_mib,
-        util_permille=o.util_permille or hw.util_permille,
+        util_permille=util,
         kv_bytes=costs.kv_bytes[kv_dtype],
         activation=demand.activation,
     )

@@ -314,6 +314,8 @@ def _constants(chart_dir: Path) -> dict[str, object]:
         "blockSize": sizing.BLOCK_SIZE,
         "usefulKvSequences": sizing.USEFUL_KV_SEQUENCES,
         "cpuQuantizations": list(sizing.CPU_QUANTIZATIONS),
+        "cudaTotalShortfallBytes": sizing.CUDA_TOTAL_SHORTFALL_BYTES,
+        "freeAtStartShortfallBytes": sizing.FREE_AT_START_SHORTFALL_BYTES,
         "probePeriodSeconds": sizing.PROBE_PERIOD_SECONDS,
         "drainMarginSeconds": sizing.DRAIN_MARGIN_SECONDS,
     }
