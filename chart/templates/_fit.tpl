@@ -69,10 +69,11 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- $gpuCount = int64 (get $o "gpuCount" | default $hw.gpuCount | default 0) -}}
 {{- $memoryMib = int64 (ternary (mul (get $o "gpuMemoryGib" | default 0) 1024) ($hw.gpuMemoryMib | default 0) (hasKey $o "gpuMemoryGib")) -}}
 {{- if or (eq $gpuCount 0) (eq $memoryMib 0) }}{{ fail (printf $m.customNeedsGpus $name) }}{{ end -}}
-{{- $cudaTotal := sub (mul $memoryMib $k.mib) $k.cudaTotalShortfallBytes -}}
+{{- $total := mul $memoryMib $k.mib -}}
+{{- $budget := div (mul $total $util) 1000 -}}
+{{- $cudaTotal := sub $total $k.cudaTotalShortfallBytes -}}
 {{- $free := sub $cudaTotal $k.freeAtStartShortfallBytes -}}
-{{- if gt (div (mul $cudaTotal $util) 1000) $free }}{{ fail (printf $m.utilTooHigh (include "zarf-vllm.permille" $util) (include "zarf-vllm.gib" (div (mul $memoryMib $k.mib $util) 1000)) (include "zarf-vllm.gib" (mul $memoryMib $k.mib)) (include "zarf-vllm.gib" $free) (include "zarf-vllm.permille" (mul (div (mul $free 100) $cudaTotal) 10))) }}{{ end -}}
-{{- $budget := div (mul $memoryMib $k.mib $util) 1000 -}}
+{{- if gt (div (mul $cudaTotal $util) 1000) $free }}{{ fail (printf $m.utilTooHigh (include "zarf-vllm.permille" $util) (include "zarf-vllm.gib" $budget) (include "zarf-vllm.gib" $total) (include "zarf-vllm.gib" $free) (include "zarf-vllm.permille" (mul (div (mul $free 100) $cudaTotal) 10))) }}{{ end -}}
 {{- $candidates := list -}}{{- $rooms := dict -}}{{- $capacities := dict -}}
 {{- range $t := $c.tensorParallelSizes -}}
 {{- if eq (mod $gpuCount $t) 0 -}}
@@ -98,7 +99,7 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- $cost := get $c.tensorParallel (toString $tp) -}}
 {{- $room := get $rooms (toString $tp) -}}
 {{- if not (include "zarf-vllm.holds" (dict "room" $room "capacity" (get $capacities (toString $tp)) "kvBytes" $kvBytes "tokens" $required)) -}}
-{{- $where := printf $m.gpuBudget $c.model $name $tp $gpuCount (include "zarf-vllm.gib" (mul $memoryMib $k.mib)) (include "zarf-vllm.permille" $util) (include "zarf-vllm.gib" $budget) -}}
+{{- $where := printf $m.gpuBudget $c.model $name $tp $gpuCount (include "zarf-vllm.gib" $total) (include "zarf-vllm.permille" $util) (include "zarf-vllm.gib" $budget) -}}
 {{- $w := include "zarf-vllm.gib" $cost.weightBytes -}}{{- $a := include "zarf-vllm.gib" $activation -}}{{- $r := include "zarf-vllm.gib" $cost.reserveBytes -}}
 {{- if or (lt $room 0) (eq $kvBytes 0) -}}
 {{- include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.gpuNoRoom $where $w $a $r (include "zarf-vllm.gib" (add $cost.weightBytes $activation $cost.reserveBytes)))) -}}
@@ -117,12 +118,9 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- $host := int64 (get $o "hostMemoryGib" | default $need) -}}
 {{- if lt $host $need }}{{ include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.hostBelowNeed $host $need $c.model $name $parts)) }}{{ end -}}
 {{- if and (not (hasKey $o "hostMemoryGib")) $hw.hostMemoryGib (gt $need (int64 $hw.hostMemoryGib)) }}{{ include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.hostOverNode $c.model $need $name $parts (int64 $hw.hostMemoryGib))) }}{{ end -}}
-{{- $length := $maxLen -}}
-{{- if le $length 0 -}}
-{{- $length = min (int64 $c.maxPositions) (int64 $hw.maxModelLen) -}}
-{{- if ge $capacity 0 }}{{ $length = min $length $capacity }}{{ end -}}
-{{- $length = mul (div $length $k.blockSize) $k.blockSize -}}
-{{- end -}}
+{{- /* unset: the class's length, capped by the KV cache, on a block boundary */ -}}
+{{- $length := ternary $maxLen $classLen (gt $maxLen 0) -}}
+{{- if and (le $maxLen 0) (ge $capacity 0) }}{{ $length = min $classLen (mul (div $capacity $k.blockSize) $k.blockSize) }}{{ end -}}
 {{- dict
   "profile" $name "model" $c.model "gpus" (ternary 0 $tp $cpu) "gpuMemoryMib" $memoryMib
   "tensorParallelSize" $tp "dtype" $c.dtype "kvCacheDtype" $kvDtype "utilPermille" $util

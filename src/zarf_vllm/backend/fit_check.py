@@ -46,13 +46,13 @@ def memory_limit_bytes() -> int | None:
     return None
 
 
-def detect_machine(on_cpu: bool) -> Machine:
-    """The machine as vLLM's platform reports it (imported by the caller already)."""
-    limit = memory_limit_bytes()
-    if on_cpu:
-        return Machine(0, 0, limit)
+def detect_machine() -> Machine:
+    """The machine as vLLM's platform reports it."""
     from vllm.platforms import current_platform
 
+    limit = memory_limit_bytes()
+    if current_platform.is_cpu():
+        return Machine(0, 0, limit)
     # Both through NVML, without creating a CUDA context in this (the API) process; NVML's
     # total is nvidia-smi's, the figure the profiles record.
     count = current_platform.device_count()
@@ -126,15 +126,13 @@ def _described(machine: Machine) -> str:
 
 def check_this_machine(settings: EngineSettings, manifest: ModelManifest | None) -> None:
     """check_fit on the machine vLLM's platform sees, logged either way."""
-    from vllm.platforms import current_platform
-
     from zarf_vllm.backend.logs import get_logger, log_event
 
     logger = get_logger("fit")
     if manifest is None:
         log_event(logger, "fit not checked", reason="no model manifest (model.manifest)")
         return
-    machine = detect_machine(current_platform.is_cpu())
+    machine = detect_machine()
     fit = check_fit(settings, manifest, machine)
     if fit is None:
         log_event(logger, "fit not checked", reason="engine.cpu_kvcache_space_gib is not set")

@@ -344,11 +344,10 @@ def costs_for(model: ModelFacts, flavor: str, dtype: str | None = None) -> Costs
     # KV values are stored in the compute dtype (4 bytes in float32, else 2), or fp8 (1).
     value_bytes = 4 if dtype == "float32" else 2
     kv_bytes = {"auto": model.kv_elements_per_token * value_bytes}
-    if not on_cpu:
-        kv_bytes["fp8"] = model.kv_elements_per_token
     if on_cpu:
         sizes = {1: TpCost(0, 0, HOST_RUNTIME_BYTES, CPU_SHM_GIB)}
     else:
+        kv_bytes["fp8"] = model.kv_elements_per_token
         sizes = {
             t: TpCost(
                 weight_bytes=ceil_div(weight_bytes, t),
@@ -578,6 +577,16 @@ class _GpuBudget:
         """What vLLM may use of each GPU: total x gpu_memory_utilization."""
         return self.memory_mib * MIB * self.util_permille // 1000
 
+    def check_utilization(self) -> None:
+        """Refuses a gpu_memory_utilization that vLLM's free-memory check at start would."""
+        total = self.memory_mib * MIB
+        cuda_total = total - CUDA_TOTAL_SHORTFALL_BYTES
+        free = cuda_total - FREE_AT_START_SHORTFALL_BYTES
+        if cuda_total * self.util_permille // 1000 > free:
+            highest = free * 100 // cuda_total * 10  # the variable takes two decimals
+            asked = (permille(self.util_permille), gib(self.budget), gib(total), gib(free))
+            raise _refused("utilTooHigh", *asked, permille(highest), fit=False)
+
     def room(self, t: int) -> int:
         """Bytes per GPU left for the KV cache."""
         cost = self.costs.tensor_parallel[t]
@@ -622,35 +631,23 @@ class _GpuBudget:
         )
 
 
-def _check_utilization(memory_mib: int, util_permille: int) -> None:
-    """Refuses a gpu_memory_utilization that vLLM's free-memory check at start would refuse."""
-    cuda_total = memory_mib * MIB - CUDA_TOTAL_SHORTFALL_BYTES
-    free = cuda_total - FREE_AT_START_SHORTFALL_BYTES
-    if cuda_total * util_permille // 1000 > free:
-        highest = free * 100 // cuda_total * 10  # the variable takes two decimals
-        asked = memory_mib * MIB * util_permille // 1000
-        numbers = (permille(util_permille), gib(asked), gib(memory_mib * MIB), gib(free))
-        raise _refused("utilTooHigh", *numbers, permille(highest), fit=False)
-
-
 def _fit_gpu(costs: Costs, hw: Hardware, o: Overrides, demand: _Demand) -> Fit:
     required = demand.required
     gpu_count = o.gpu_count or hw.gpu_count
     memory_mib = o.gpu_memory_gib * 1024 if o.gpu_memory_gib is not None else hw.gpu_memory_mib
     if gpu_count is None or memory_mib is None:
         raise _refused("customNeedsGpus", hw.name, fit=False)
-    util = o.util_permille or hw.util_permille
-    _check_utilization(memory_mib, util)
     kv_dtype = o.kv_cache_dtype or "auto"
     gpu = _GpuBudget(
         costs=costs,
         profile=hw.name,
         gpu_count=gpu_count,
         memory_mib=memory_mib,
-        util_permille=util,
+        util_permille=o.util_permille or hw.util_permille,
         kv_bytes=costs.kv_bytes[kv_dtype],
         activation=demand.activation,
     )
+    gpu.check_utilization()
     candidates = [t for t in costs.tensor_parallel if gpu_count % t == 0]
     if o.tensor_parallel_size is not None:
         tp = o.tensor_parallel_size

@@ -212,8 +212,17 @@ def size_or_refuse(
             raise
         fits = [o.fit.summary for o in outcomes(model, profiles) if o.fit]
         manifests = fitting_manifests(profile, catalog)
-        suffix = sizing.alternatives(model.id, fits, manifests, profile.name)
-        raise Refused(str(exc) + suffix, fit=True) from exc
+        raise _with_alternatives(exc, model.id, fits, manifests, profile) from exc
+
+
+def _with_alternatives(
+    exc: Refused, model_id: str, fits: Sequence[str], manifests: Sequence[str], profile: Profile
+) -> Refused:
+    """A lack of room's refusal, naming what would fit; a bad choice of values as it is."""
+    if not exc.fit:
+        return exc
+    suffix = sizing.alternatives(model_id, fits, manifests, profile.name)
+    return Refused(str(exc) + suffix, fit=True)
 
 
 def model_image(manifest_id: str, version: str, flavor: str) -> tuple[str, str]:
@@ -252,17 +261,15 @@ def _hardware_values(hardware: Hardware) -> dict:
 
 
 def _profile_values(
-    profile: Profile,
-    manifest: ModelManifest,
-    profiles: Sequence[Profile],
-    catalog: Sequence[ModelManifest],
+    profile: Profile, model: ModelFacts, fits: Sequence[str], manifests: Sequence[str]
 ) -> dict:
     """One profile as the chart reads it: its hardware, where it schedules, and the fit (or
-    the refusal) decided here without overrides."""
+    the refusal) decided here without overrides. `fits`: the profiles that fit the model;
+    `manifests`: the manifests that fit this profile (both named in refusals)."""
     try:
-        fit, refusal = size_or_refuse(manifest, profile, profiles, catalog), None
+        fit, refusal = sizing.size(model, profile.hardware), None
     except Refused as exc:
-        fit, refusal = None, str(exc)
+        fit, refusal = None, str(_with_alternatives(exc, model.id, fits, manifests, profile))
     if fit is not None:
         kv = "no KV cache" if fit.kv_capacity_tokens is None else (
             f"KV cache {fit.kv_capacity_tokens} tokens"
@@ -285,7 +292,7 @@ def _profile_values(
             "description": profile.description,
             "hardware": _hardware_values(profile.hardware),
             "scheduling": scheduling,
-            "fitsManifests": fitting_manifests(profile, catalog),
+            "fitsManifests": manifests,
             "fit": None if fit is None else fit_values(fit),
             "refusal": refusal,
         },
@@ -338,6 +345,7 @@ def render_values(
     profiles = list(profiles if profiles is not None else load_profiles(chart_dir))
     catalog = list(catalog if catalog is not None else load_catalog())
     model = ModelFacts.from_manifest(manifest)
+    fits = [o.fit.summary for o in outcomes(model, profiles) if o.fit]
     costs = sizing.costs_for(model, flavor)
     # The override check needs the costs of each dtype CPU_DTYPE may choose (cpu flavor).
     costs_by_dtype = {costs.dtype: costs_values(costs)}
@@ -366,8 +374,11 @@ def render_values(
         ),
         messages=sizing.MESSAGES,
         profile_names=[p.name for p in profiles],
-        fits=[o.fit.summary for o in outcomes(model, profiles) if o.fit],
-        profiles={p.name: _profile_values(p, manifest, profiles, catalog) for p in profiles},
+        fits=fits,
+        profiles={
+            p.name: _profile_values(p, model, fits, fitting_manifests(p, catalog))
+            for p in profiles
+        },
     )
     check_values(yaml.safe_load(text), chart_dir)
     return text
