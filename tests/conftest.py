@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from support.backend_process import BackendProcess
-from support.paths import MANIFESTS
+from support.paths import DEMO_MANIFEST, EMBEDDING_MANIFEST
 from support.tiny_model import build_tiny_llama
 from zarf_vllm.model.manifest import ModelManifest, load_manifest
 
@@ -18,8 +18,6 @@ from zarf_vllm.model.manifest import ModelManifest, load_manifest
 # `engine`), every test under tests/containers builds or runs images (`container`).
 LAYER_MARKERS = {"engine": "engine", "containers": "container"}
 
-DEMO_MANIFEST = MANIFESTS / "smollm2-135m-instruct.yaml"
-EMBEDDING_MANIFEST = MANIFESTS / "all-minilm-l6-v2.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -32,16 +30,12 @@ def tiny_backend(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BackendProcess]:
     """The backend on the tiny model, shared by the tests that need a healthy server."""
-    backend = BackendProcess(
+    with BackendProcess(
         tiny_model_dir,
         tmp_path_factory.mktemp("tiny-backend"),
         {"engine": {"max_model_len": 1024}, "limits": {"max_in_flight": 64, "max_n": 4}},
-    ).start()
-    try:
-        backend.wait_serving()
+    ).serving() as backend:
         yield backend
-    finally:
-        backend.stop()
 
 
 @pytest.fixture(scope="session")

@@ -10,34 +10,27 @@ import grpc
 import pytest
 
 from support.backend_process import BackendProcess
-from support.paths import REPO
+from support.paths import DEMO_MANIFEST
 from zarf_vllm.backend.proto.chat import chat_pb2, chat_pb2_grpc
 from zarf_vllm.backend.proto.completion import completion_pb2, completion_pb2_grpc
 from zarf_vllm.backend.proto.name import name_pb2_grpc
-
-ROOT = REPO
-MANIFEST = ROOT / "model-manifests" / "smollm2-135m-instruct.yaml"
 
 
 @pytest.fixture(scope="module")
 def demo_backend(
     demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BackendProcess]:
-    backend = BackendProcess(
+    with BackendProcess(
         demo_model_dir,
         tmp_path_factory.mktemp("demo"),
         {
-            "model": {"manifest": str(MANIFEST), "verify": "full"},
+            "model": {"manifest": str(DEMO_MANIFEST), "verify": "full"},
             "engine": {"dtype": "auto", "max_model_len": 2048},
             # Every token its own chunk, so the multi-byte test sees every token boundary.
             "server": {"stream_interval_ms": 0},
         },
-    ).start()
-    try:
-        backend.wait_serving()
+    ).serving() as backend:
         yield backend
-    finally:
-        backend.stop()
 
 
 def ask(backend: BackendProcess, question: str, **fields) -> list[chat_pb2.ChatCompletionResponse]:

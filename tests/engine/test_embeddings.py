@@ -12,28 +12,21 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from support.backend_process import BackendProcess
-from support.paths import REPO
+from support.paths import EMBEDDING_MANIFEST
 from zarf_vllm.backend.proto.chat import chat_pb2, chat_pb2_grpc
 from zarf_vllm.backend.proto.embeddings import embeddings_pb2, embeddings_pb2_grpc
-
-ROOT = REPO
-MANIFEST = ROOT / "model-manifests" / "all-minilm-l6-v2.yaml"
 
 
 @pytest.fixture(scope="module")
 def embedding_backend(
     embedding_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BackendProcess]:
-    backend = BackendProcess(
+    with BackendProcess(
         embedding_model_dir,
         tmp_path_factory.mktemp("embed"),
-        {"model": {"manifest": str(MANIFEST)}, "limits": {"max_embedding_inputs": 8}},
-    ).start()
-    try:
-        backend.wait_serving()
+        {"model": {"manifest": str(EMBEDDING_MANIFEST)}, "limits": {"max_embedding_inputs": 8}},
+    ).serving() as backend:
         yield backend
-    finally:
-        backend.stop()
 
 
 def embed(backend: BackendProcess, *texts: str) -> list[list[float]]:

@@ -63,19 +63,15 @@ def text_embeddings(
     here because the manifest (whose task is embed) describes bge's weights, not these."""
     model_dir = build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
     rendered = rendered_768["config"]
-    backend = BackendProcess(
+    with BackendProcess(
         model_dir,
         tmp_path_factory.mktemp("text-embeddings"),
         {
             "model": {"name": rendered["model"]["name"], "task": "embed"},
             "limits": rendered["limits"],
         },
-    ).start()
-    try:
-        backend.wait_serving()
+    ).serving() as backend:
         yield backend
-    finally:
-        backend.stop()
 
 
 def embed(backend: BackendProcess, texts: list[str]) -> list[list[float]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support.paths import MANIFESTS
+from support.paths import DEMO_MANIFEST
 
 
 def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -144,7 +144,7 @@ def test_settings_that_cannot_fit_this_machine_are_refused_in_numbers_before_loa
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     # The demo's manifest (the check needs its facts) and a context longer than it accepts.
-    manifest = MANIFESTS / "smollm2-135m-instruct.yaml"
+    manifest = DEMO_MANIFEST
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"engine": {"cpu_kvcache_space_gib": 1}}))
     result = serve("--model", str(tiny_model_dir), "--manifest", str(manifest), "--config",

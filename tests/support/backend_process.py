@@ -13,7 +13,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,16 @@ class BackendProcess:
     def wait(self, timeout: float = 120) -> int:
         assert self.process is not None
         return self.process.wait(timeout)
+
+    @contextmanager
+    def serving(self) -> Iterator[BackendProcess]:
+        """Started and SERVING for the with-block, stopped after it whatever happens."""
+        self.start()
+        try:
+            self.wait_serving()
+            yield self
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

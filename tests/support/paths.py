@@ -10,6 +10,9 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "chart"
 MANIFESTS = REPO / "model-manifests"
 SCRIPTS = REPO / "scripts"
+# The two shipped models the suite builds offline: the demo chat model and the embedding model.
+DEMO_MANIFEST = MANIFESTS / "smollm2-135m-instruct.yaml"
+EMBEDDING_MANIFEST = MANIFESTS / "all-minilm-l6-v2.yaml"
 # The wire contract and Zarf's schema live outside the repository, beside a developer's
 # checkout; a user's clone has none, and the tests that read them skip.
 SHARED = REPO.parent / "shared"

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from support.paths import MANIFESTS
+from support.paths import DEMO_MANIFEST, EMBEDDING_MANIFEST
 from zarf_vllm.backend.config import ConfigError, EngineSettings
 from zarf_vllm.backend.fit_check import Machine, check_fit, memory_limit_bytes
 from zarf_vllm.model import sizing
 from zarf_vllm.model.manifest import load_manifest
 
-DEMO = load_manifest(MANIFESTS / "smollm2-135m-instruct.yaml")
-MINILM = load_manifest(MANIFESTS / "all-minilm-l6-v2.yaml")
+DEMO = load_manifest(DEMO_MANIFEST)
+MINILM = load_manifest(EMBEDDING_MANIFEST)
 CPU = Machine(gpu_count=0, gpu_memory_mib=0, memory_limit_bytes=8 * sizing.GIB)
 CPU_PROFILE = EngineSettings(
     dtype="float32", max_model_len=4096, max_num_seqs=16, max_num_batched_tokens=4096,
