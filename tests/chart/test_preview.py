@@ -72,12 +72,31 @@ def test_preview_prints_the_objects_zarf_would_apply() -> None:
         "PodDisruptionBudget",
         "ConfigMap",
         "ConfigMap",
+        "ConfigMap",
         "Service",
         "Deployment",
     ]
     assert "# Source: zarf-vllm/templates/deployment.yaml" in done.stdout
     assert "###ZARF_" not in done.stdout
     assert done.stderr == ""
+
+
+def test_preview_sees_the_apis_the_cluster_serves() -> None:
+    """--api-versions: what Helm's .Capabilities sees on a cluster with KEDA and the
+    Prometheus operator; the `auto` objects appear, custom kinds after Helm's own order."""
+    apis = (
+        "keda.sh/v1alpha1/ScaledObject",
+        "monitoring.coreos.com/v1/ServiceMonitor",
+        "monitoring.coreos.com/v1/PrometheusRule",
+    )
+    done = run(
+        "--set", "PROFILE=cpu", "--set", "MAX_REPLICAS=3",
+        *[arg for api in apis for arg in ("--api-versions", api)],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    kinds = [d["kind"] for d in yaml.safe_load_all(done.stdout) if d]
+    assert kinds[-4:-3] == ["Deployment"]
+    assert sorted(kinds[-3:]) == ["PrometheusRule", "ScaledObject", "ServiceMonitor"]
 
 
 @pytest.mark.parametrize(

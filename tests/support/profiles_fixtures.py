@@ -54,13 +54,19 @@ def values(manifest_id: str, flavor: str) -> dict:
 
 
 @functools.cache
-def _preview(manifest_id: str, sets: tuple[tuple[str, str], ...]) -> Preview | PreviewError:
-    """What preview gives for these --set values: the objects, or the refusal."""
+def _preview(
+    manifest_id: str, sets: tuple[tuple[str, str], ...], apis: tuple[str, ...] = ()
+) -> Preview | PreviewError:
+    """What preview gives for these --set values (on a cluster that serves `apis` besides
+    Kubernetes' own): the objects, or the refusal."""
     sets_dict = dict(sets)
     flavor = flavor_of(sets_dict.get("PROFILE", "cpu"))
     try:
         return preview(
-            manifest(manifest_id), sets_dict, rendered_values=values_text(manifest_id, flavor)
+            manifest(manifest_id),
+            sets_dict,
+            rendered_values=values_text(manifest_id, flavor),
+            api_versions=apis,
         )
     except PreviewError as exc:
         return exc
@@ -68,6 +74,11 @@ def _preview(manifest_id: str, sets: tuple[tuple[str, str], ...]) -> Preview | P
 
 def run_preview(manifest_id: str, **sets: str) -> Preview | PreviewError:
     return _preview(manifest_id, tuple(sorted(sets.items())))
+
+
+def run_preview_on(apis: tuple[str, ...], manifest_id: str, **sets: str) -> Preview | PreviewError:
+    """run_preview on a cluster serving `apis` (what the chart's `auto` objects look for)."""
+    return _preview(manifest_id, tuple(sorted(sets.items())), apis)
 
 
 def pair_sets(profile_name: str) -> dict[str, str]:

@@ -320,15 +320,24 @@ def deep_merge(base: dict, override: Mapping) -> dict:
     return merged
 
 
-def render_chart(chart_dir: Path, values: dict, release: str, namespace: str) -> list[Rendered]:
-    """Helm's rendering of the chart (schema check first), objects in install order."""
+def render_chart(
+    chart_dir: Path,
+    values: dict,
+    release: str,
+    namespace: str,
+    api_versions: Sequence[str] = (),
+) -> list[Rendered]:
+    """Helm's rendering of the chart (schema check first), objects in install order.
+
+    `api_versions`: what the cluster serves besides Kubernetes' own APIs ("group/version" or
+    "group/version/Kind", as `helm template --api-versions`), for the chart's `auto` checks."""
     from helm_python import errors
     from helm_python.chart import Chart
 
     with Chart.load(chart_dir) as chart:
         try:
             # As `helm install`: values.schema.json first, then the templates.
-            files = chart.render(values=values, name=release, namespace=namespace, is_install=True)
+            files = _render(chart, values, release, namespace, api_versions)
         except errors.HelmError as exc:
             raise PreviewError(_helm_message(str(exc))) from exc
     objects = []
@@ -340,6 +349,30 @@ def render_chart(chart_dir: Path, values: dict, release: str, namespace: str) ->
             if isinstance(obj, dict):
                 objects.append(Rendered(source, document.strip("\n") + "\n", obj))
     return sorted(objects, key=_install_rank)
+
+
+def _render(
+    chart: Any, values: dict, release: str, namespace: str, api_versions: Sequence[str]
+) -> dict[str, str]:
+    """chart.render, with the cluster's extra APIs when there are any."""
+    if not api_versions:
+        return chart.render(values=values, name=release, namespace=namespace, is_install=True)
+    import json
+
+    from helm_python import _native
+
+    # helm-python-sdk's Chart.render (0.2.2, pinned) does not pass `api_versions` on, though
+    # its native render reads that option as `helm template --api-versions` does.
+    options = {
+        "name": release,
+        "namespace": namespace,
+        "is_install": True,
+        "api_versions": list(api_versions),
+    }
+    rendered = _native.call_string(
+        "helm_render", chart._raw(), json.dumps(values), json.dumps(options)
+    )
+    return json.loads(rendered)
 
 
 def _install_rank(item: Rendered) -> int:
@@ -372,11 +405,13 @@ def preview(
     rendered_values: str | None = None,
     name: str | None = None,
     zarf_yaml: Path | None = None,
+    api_versions: Sequence[str] = (),
 ) -> Preview:
     """Everything `zarf package deploy --set ...` would apply for this model's package.
 
     `rendered_values`: the text `scripts/render-values` wrote for this model and flavor;
-    rendered here when not given."""
+    rendered here when not given. `api_versions`: the APIs the target cluster serves beyond
+    Kubernetes' own (such as keda.sh/v1alpha1/ScaledObject), which Helm would see there."""
     zarf_yaml = zarf_yaml or project.zarf_yaml()
     flavor = flavor or _flavor(sets, rendered_values)
     templates = {
@@ -402,6 +437,7 @@ def preview(
                 merged,
                 chart.get("releaseName", chart["name"]),
                 chart["namespace"],
+                api_versions,
             ):
                 text = substitute(item.text, values)
                 obj = item.object if text == item.text else load_yaml(text)

@@ -49,6 +49,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the package's flavor (default: the one PROFILE needs)",
     )
     parser.add_argument("--name", help="the package NAME template (default: vllm-<id>)")
+    parser.add_argument(
+        "--api-versions",
+        dest="api_versions",
+        action="append",
+        default=[],
+        metavar="GROUP/VERSION[/KIND]",
+        help=(
+            "an API the target cluster serves, as `helm template --api-versions` (repeatable): "
+            "what the `auto` variables look for, such as keda.sh/v1alpha1/ScaledObject or "
+            "monitoring.coreos.com/v1/PrometheusRule"
+        ),
+    )
     parser.set_defaults(func=run)
 
 
@@ -66,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
             flavor=args.flavor,
             rendered_values=args.values.read_text() if args.values else None,
             name=args.name,
+            api_versions=args.api_versions,
         )
     except (PreviewError, ProfileError, ManifestError) as exc:
         raise CommandError(str(exc)) from exc
