@@ -30,12 +30,19 @@ true
 {{- end -}}
 {{- end -}}
 
-{{/* The fewest and the most pods there can be: the ScaledObject's bounds, else REPLICAS. */}}
+{{/*
+Who sets the count ("owner": scaledObject, chart, or other: REPLICAS empty, an HPA of the
+user's), the fewest pods there are meant to be, and whether there may be more than one.
+*/}}
 {{- define "zarf-vllm.podRange" -}}
+{{- $replicas := toString .Values.replicas -}}
 {{- if include "zarf-vllm.scaledObject" . -}}
-{{- dict "min" (int64 .Values.autoscaling.minReplicas) "max" (int64 .Values.autoscaling.maxReplicas) | toJson -}}
+{{- $a := .Values.autoscaling -}}
+{{- dict "owner" "scaledObject" "min" (int64 $a.minReplicas) "many" (gt (int64 $a.maxReplicas) 1) | toJson -}}
+{{- else if eq $replicas "" -}}
+{{- dict "owner" "other" "min" 1 "many" true | toJson -}}
 {{- else -}}
-{{- dict "min" (int64 .Values.replicas) "max" (int64 .Values.replicas) | toJson -}}
+{{- dict "owner" "chart" "min" (int64 $replicas) "many" (gt (int64 $replicas) 1) | toJson -}}
 {{- end -}}
 {{- end -}}
 
@@ -58,7 +65,7 @@ hold, so GPU profiles only surge with ROLLOUT_SURGE=true; the cpu profile does b
 {{- $range := include "zarf-vllm.podRange" $root | fromJson -}}
 {{- if or (eq $mode "true") (and (eq $mode "auto") (eq (int64 .gpus) 0)) -}}
 {{- dict "type" "RollingUpdate" "rollingUpdate" (dict "maxSurge" 1 "maxUnavailable" 0) | toJson -}}
-{{- else if le (int64 $range.max) 1 -}}
+{{- else if not $range.many -}}
 {{- dict "type" "Recreate" | toJson -}}
 {{- else -}}
 {{- dict "type" "RollingUpdate" "rollingUpdate" (dict "maxSurge" 0 "maxUnavailable" 1) | toJson -}}
@@ -74,7 +81,7 @@ the old and new ReplicaSets of an update from being counted together.
 */}}
 {{- define "zarf-vllm.topologySpread" -}}
 {{- $range := include "zarf-vllm.podRange" . | fromJson -}}
-{{- if gt (int64 $range.max) 1 -}}
+{{- if $range.many -}}
 {{- $selector := include "zarf-vllm.selectorLabels" . | fromYaml -}}
 {{- list (dict
   "maxSkew" 1

@@ -109,6 +109,14 @@ def test_zero_replicas_park_the_model() -> None:
     assert_valid(result)
 
 
+def test_an_empty_replicas_leaves_the_count_to_an_hpa_of_ones_own() -> None:
+    spec = deployment_of(rendered(PROFILE="l4-24gb", REPLICAS=""))["spec"]
+    assert "replicas" not in spec
+    # The HPA may add pods: they spread and are replaced one at a time.
+    assert spec["strategy"] == NO_SURGE
+    assert spec["template"]["spec"]["topologySpreadConstraints"]
+
+
 def test_the_spread_may_be_made_strict_through_the_values() -> None:
     from helm_python.chart import Chart
 
@@ -295,3 +303,22 @@ def test_the_default_single_pod_is_unchanged_on_a_cluster_with_keda() -> None:
     assert isinstance(result, Preview)
     assert deployment_of(on_keda) == deployment_of(result)
     assert deployment_of(on_keda)["spec"]["replicas"] == 1
+
+
+def test_notes_tell_the_pod_count_and_the_headless_address() -> None:
+    from helm_python.chart import Chart
+
+    from support.paths import CHART
+    from support.profiles_fixtures import values
+
+    chosen = {**values(DEMO, "cpu"), "profile": "cpu", "replicas": "3", "headlessService": "true"}
+    with Chart.load(CHART) as chart:
+        notes = chart.render(values=chosen, name="demo", namespace="lfai")[
+            "zarf-vllm/templates/NOTES.txt"
+        ]
+        mine = chart.render(values={**chosen, "replicas": ""}, name="demo", namespace="lfai")[
+            "zarf-vllm/templates/NOTES.txt"
+        ]
+    assert "Pods: 3, each sized as above." in notes
+    assert "dns:///demo-headless.lfai.svc.cluster.local:50051 (round_robin)" in notes
+    assert "REPLICAS is empty: the count of pods, each sized as above, is your autoscaler's" in mine
