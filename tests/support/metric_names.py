@@ -92,3 +92,50 @@ def grafana_variable_metrics(query: str) -> set[str]:
     """The series of a Grafana variable query: label_values(SERIES, label) or a PromQL one."""
     found = re.fullmatch(r"\s*label_values\((.*),\s*[A-Za-z_][A-Za-z0-9_]*\s*\)\s*", query)
     return queried_metrics(found.group(1) if found else query)
+
+
+# --- what the chart queries ----------------------------------------------------------------
+
+
+def dashboard_file() -> Path:
+    from support.paths import CHART
+
+    return CHART / "dashboards" / "zarf-vllm.json"
+
+
+def _dashboard_queries(dashboard: dict) -> tuple[list[str], list[str]]:
+    """The panels' expressions, and the query variables' queries."""
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    variables = []
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            query = variable["query"]
+            variables.append(query["query"] if isinstance(query, dict) else query)
+    return exprs, variables
+
+
+def chart_queried_series() -> dict[str, set[str]]:
+    """Every series the chart's queries ask for, by where: the dashboard's panels and
+    variables, the PrometheusRule's alerts and the ScaledObject's trigger (rendered for a
+    cluster with KEDA and the Prometheus operator)."""
+    import json
+
+    from support.profiles_fixtures import run_preview_on
+
+    exprs, variables = _dashboard_queries(json.loads(dashboard_file().read_text()))
+    result = run_preview_on(
+        ("keda.sh/v1alpha1/ScaledObject", "monitoring.coreos.com/v1/PrometheusRule"),
+        "smollm2-135m-instruct",
+        PROFILE="l4-24gb",
+        MAX_REPLICAS="3",
+    )
+    assert not isinstance(result, Exception), str(result)
+    kinds = {i.object["kind"]: i.object for i in result.objects}
+    rules = [r for g in kinds["PrometheusRule"]["spec"]["groups"] for r in g["rules"]]
+    trigger = kinds["ScaledObject"]["spec"]["triggers"][0]["metadata"]["query"]
+    return {
+        "dashboard": set().union(*map(queried_metrics, exprs)),
+        "dashboard variables": set().union(*map(grafana_variable_metrics, variables)),
+        "alerts": set().union(*(queried_metrics(r["expr"]) for r in rules)),
+        "ScaledObject": queried_metrics(trigger),
+    }
