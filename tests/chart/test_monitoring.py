@@ -182,3 +182,21 @@ def test_the_alerts(profile: str) -> None:
 def test_a_parked_model_does_not_alert_for_having_no_pod() -> None:
     down = alerts(rendered(RULES, PROFILE="cpu", REPLICAS="0"))["ZarfVllmBackendDown"]
     assert "absent(" not in down["expr"] and down["expr"].endswith(" == 0")
+
+
+def test_monitoring_labels_reach_the_service_monitor_and_the_rule() -> None:
+    from support.paths import CHART
+    from support.profiles_fixtures import values
+    from zarf_vllm.packaging.preview import render_chart
+
+    chosen = {
+        **values(DEMO, "cpu"),
+        "profile": "cpu",
+        "serviceMonitor": "true",
+        "monitoringLabels": {"release": "kube-prometheus-stack"},
+    }
+    objects = render_chart(CHART, chosen, "demo", "lfai", RULES)
+    labelled = {o.object["kind"]: o.object["metadata"]["labels"] for o in objects}
+    for kind in ("ServiceMonitor", "PrometheusRule"):
+        assert labelled[kind]["release"] == "kube-prometheus-stack", kind
+    assert "release" not in labelled["Deployment"]
