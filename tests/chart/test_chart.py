@@ -389,7 +389,7 @@ def test_refusals_name_the_way_out() -> None:
     if "llama-3.1-70b-instruct" in MANIFEST_IDS:
         message = refusal("llama-3.1-70b-instruct", PROFILE="l4-24gb")
         assert "131.4 GiB of weights" in message
-        assert "Profiles that fit llama-3.1-70b-instruct without overrides: h100-80gb-x2" in message
+        assert "Profiles that fit llama-3.1-70b-instruct without overrides: h100-80gb-x4" in message
         assert "Manifests that fit profile l4-24gb: " in message
 
 

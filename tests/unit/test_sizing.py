@@ -111,9 +111,11 @@ def test_kv_bytes_per_token_is_two_x_layers_x_kv_heads_x_head_dim_x_dtype() -> N
 
 def test_kv_capacity_is_what_the_budget_leaves_after_weights_activations_and_reserve() -> None:
     fit = size(LLAMA_8B, gpu(memory_mib=81920))
-    budget = 81920 * MIB * 900 // 1000
+    # vLLM requests utilization x CUDA's total, which is below nvidia-smi's.
+    budget = (81920 * MIB - sizing.CUDA_TOTAL_SHORTFALL_BYTES) * 900 // 1000
     activation = 8192 * 4096 * 32 + 256 * 128256 * 8
-    room = budget - 16_060_522_496 - activation - sizing.GPU_RESERVE_BYTES
+    reserve = sizing.NON_TORCH_BYTES + sizing.CUDA_GRAPH_BYTES
+    room = budget - 16_060_522_496 - activation - reserve
     assert fit.kv_capacity_tokens == room // 131072
     assert fit.tensor_parallel_size == 1 and fit.gpus == 1
 
@@ -137,17 +139,55 @@ def test_tensor_parallel_is_the_smallest_size_with_a_useful_cache() -> None:
 
 
 def test_without_a_useful_size_the_largest_that_fits_is_taken() -> None:
-    fit = size(LLAMA_70B, gpu(count=2, memory_mib=81559, util_permille=920))
+    fit = size(LLAMA_70B, gpu(count=2, memory_mib=81559, util_permille=950))
     assert fit.tensor_parallel_size == 2
     assert 4096 <= fit.max_model_len < 131072
     assert fit.max_model_len <= fit.kv_capacity_tokens
 
 
+def test_the_reserve_covers_non_torch_memory_and_cuda_graphs_at_each_tensor_parallel_size() -> None:
+    # Published vLLM logs, per GPU: non-torch memory 0.16-0.33 GiB on one GPU, 0.95-1.63 GiB at
+    # TP 2 and 4; CUDA graphs (the estimate vLLM subtracts) up to 0.36 GiB for small models on
+    # one GPU, 1.0-2.4 GiB at TP 2 and 4.
+    assert sizing.gpu_reserve_bytes(1) >= (0.33 + 0.36) * GIB
+    for t in (2, 4, 8):
+        assert sizing.gpu_reserve_bytes(t) >= (1.63 + 2.4) * GIB
+    costs = sizing.costs_for(LLAMA_70B, "cuda")
+    assert costs.tensor_parallel[2].reserve_bytes == sizing.gpu_reserve_bytes(2)
+
+
+def test_the_budget_is_utilization_times_the_total_cuda_reports() -> None:
+    # vLLM requests gpu_memory_utilization x CUDA's total (request_memory), not nvidia-smi's.
+    fit = size(SMOLLM2, gpu(memory_mib=23028, max_model_len=8192))
+    cuda_total = 23028 * MIB - sizing.CUDA_TOTAL_SHORTFALL_BYTES
+    room = cuda_total * 900 // 1000 - 269_060_552 - (8192 * 576 * 32 + 256 * 49152 * 8)
+    room -= sizing.gpu_reserve_bytes(1)
+    assert fit.kv_capacity_tokens == room // SMOLLM2.kv_elements_per_token // 2
+
+
+def test_a_context_limited_by_the_kv_cache_keeps_a_margin_for_vllms_capacity_check() -> None:
+    # Llama-3.1-70B on two H100s at 0.95: the estimated cache holds some 17,000 tokens; the
+    # context takes at most 90% of them (the old sizing gave all of them).
+    fit = size(LLAMA_70B, gpu(count=2, memory_mib=81559, util_permille=950))
+    assert fit.kv_capacity_tokens is not None and fit.max_model_len < 131072
+    assert fit.max_model_len == sizing.align(fit.kv_capacity_tokens * 90 // 100)
+    # An explicit MAX_MODEL_LEN gets the same margin: the whole capacity is refused.
+    with pytest.raises(Refused, match=r"of which a context may take 90% \(\d+ tokens\)"):
+        size(
+            LLAMA_70B,
+            gpu(count=2, memory_mib=81559, util_permille=950),
+            Overrides(max_model_len=sizing.align(fit.kv_capacity_tokens)),
+        )
+    # Two H100s at the profile's 0.92 leave no usable context once the reserve covers TP 2.
+    with pytest.raises(Refused, match=r"4\.2 GiB of reserve \(non-torch memory and CUDA graphs\)"):
+        size(LLAMA_70B, gpu(count=2, memory_mib=81559, util_permille=920))
+
+
 def test_max_model_len_is_capped_by_positions_class_and_cache_and_aligned() -> None:
     assert size(SMOLLM2, gpu()).max_model_len == 8192  # its positions
     assert size(LLAMA_8B, gpu(max_model_len=16384)).max_model_len == 16384  # the class
-    tight = size(LLAMA_8B, gpu(memory_mib=23028))  # the cache
-    assert tight.max_model_len == sizing.align(min(131072, tight.kv_capacity_tokens))
+    tight = size(LLAMA_8B, gpu(memory_mib=23028))  # the cache, less the margin
+    assert tight.max_model_len == sizing.align(min(131072, tight.kv_capacity_tokens * 90 // 100))
     assert tight.max_model_len % sizing.BLOCK_SIZE == 0
 
 
@@ -157,7 +197,7 @@ def test_a_profile_without_room_for_a_usable_context_is_refused_in_numbers() -> 
     message = str(refused.value)
     assert refused.value.fit
     assert "llama-70b does not fit profile l4" in message
-    assert "131.4 GiB of weights" in message and "allows 20.2 GiB per GPU" in message
+    assert "131.4 GiB of weights" in message and "allows 19.4 GiB per GPU" in message
 
 
 def test_a_short_kv_cache_is_refused_with_the_tokens_it_holds() -> None:
@@ -176,8 +216,9 @@ def test_a_short_kv_cache_is_refused_with_the_tokens_it_holds() -> None:
     )
     with pytest.raises(
         Refused,
-        match=r"room for \d+ tokens at 344064 bytes per token, and a "
-        r"usable context of 4096 tokens needs",
+        match=r"room for \d+ tokens at 344064 bytes per token, of which a context may take 90% "
+        r"\(\d+ tokens\) for vLLM's own capacity check to pass, and a usable context of 4096 "
+        r"tokens needs",
     ):
         size(gemma, gpu(memory_mib=23028, max_num_batched_tokens=4096, max_num_seqs=64))
 
@@ -269,7 +310,8 @@ def test_overrides_are_checked_like_vllm_checks_them() -> None:
 
 
 def test_a_max_model_len_the_cache_cannot_hold_is_refused() -> None:
-    with pytest.raises(Refused, match=r"MAX_MODEL_LEN=131072 needs 16\.0 GiB per GPU"):
+    # 131072 tokens x 128 KiB is 16 GiB, and the margin makes it 17.7.
+    with pytest.raises(Refused, match=r"MAX_MODEL_LEN=131072 needs 17\.7 GiB per GPU"):
         size(LLAMA_8B, gpu(memory_mib=23028), Overrides(max_model_len=131072))
 
 
@@ -346,7 +388,8 @@ def test_every_fit_respects_vllms_rules_and_the_memory_budget(
     assert model.min_context <= fit.max_model_len <= model.max_positions
     assert fit.max_num_batched_tokens >= fit.max_num_seqs
     t = fit.tensor_parallel_size
-    budget = (hw.gpu_memory_mib or 0) * MIB * hw.util_permille // 1000
+    cuda_total = (hw.gpu_memory_mib or 0) * MIB - sizing.CUDA_TOTAL_SHORTFALL_BYTES
+    budget = cuda_total * hw.util_permille // 1000
     # Each term written out from the constants, not read back from the sizing's costs.
     activation = (
         fit.max_num_batched_tokens
@@ -354,16 +397,17 @@ def test_every_fit_respects_vllms_rules_and_the_memory_budget(
         * sizing.ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN
         + fit.max_num_seqs * model.vocab_size * sizing.SAMPLER_BYTES_PER_SEQ_PER_VOCAB
     )
-    used = (
-        sizing.ceil_div(model.weight_bytes, t)
-        + activation
-        + sizing.GPU_RESERVE_BYTES
-        + (sizing.TP_RESERVE_BYTES if t > 1 else 0)
+    reserve = (
+        sizing.TP_NON_TORCH_BYTES + sizing.TP_CUDA_GRAPH_BYTES
+        if t > 1
+        else sizing.NON_TORCH_BYTES + sizing.CUDA_GRAPH_BYTES
     )
+    used = sizing.ceil_div(model.weight_bytes, t) + activation + reserve
     if fit.kv_capacity_tokens is None:
         assert used <= budget
     else:
-        assert fit.max_model_len <= fit.kv_capacity_tokens
+        # A context limited by the cache keeps the margin vLLM's own capacity check needs.
+        assert fit.max_model_len <= fit.kv_capacity_tokens * sizing.KV_USABLE_PERCENT // 100
         assert used + fit.kv_capacity_tokens * fit.kv_bytes_per_token // t <= budget
     assert (fit.shm_gib > 0) == (t > 1)
 
@@ -382,7 +426,7 @@ def test_cpu_dtype_bfloat16_is_sized_at_its_own_bytes_and_only_on_the_cpu() -> N
 def test_a_utilization_vllm_would_refuse_at_start_is_refused_with_the_highest_that_starts() -> None:
     # An L4 (23,028 MiB as nvidia-smi counts it) refused 0.99 in vLLM's own free-memory check.
     l4 = gpu(memory_mib=23028, max_model_len=8192)
-    with pytest.raises(Refused, match=r"GPU_MEMORY_UTILIZATION=0\.99 asks vLLM for 22\.2 GiB .* "
+    with pytest.raises(Refused, match=r"GPU_MEMORY_UTILIZATION=0\.99 asks vLLM for 21\.4 GiB .* "
                        r"use at most 0\.97"):  # fmt: skip
         size(SMOLLM2, l4, Overrides(util_permille=990))
     assert size(SMOLLM2, l4, Overrides(util_permille=970)).util_permille == 970

