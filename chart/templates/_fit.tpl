@@ -40,9 +40,18 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- if not (has $c.quantization $k.cpuQuantizations) }}{{ include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.cpuQuantization $c.model $c.quantization)) }}{{ end -}}
 {{- else if hasKey $o "cpuKvcacheGib" }}{{ fail (printf $m.cpuOnly $name) }}
 {{- else if hasKey $o "cpuDtype" }}{{ fail (printf $m.cpuDtypeOnly $name) }}{{ end -}}
+{{- /* no override above what the profile's hardware has (or, where it does not say, any has) */ -}}
+{{- range $k.bounds -}}
+{{- if hasKey $o .field -}}
+{{- $value := int64 (get $o .field) -}}{{- $limit := get $hw.bounds .field -}}
+{{- if and (not (kindIs "invalid" $limit)) (gt $value (int64 $limit)) }}{{ fail (printf $m.overProfile .variable $value (int64 $limit) .unit $name .why) }}{{ end -}}
+{{- if and (kindIs "invalid" $limit) (gt $value (int64 .most)) }}{{ fail (printf $m.overAny .variable $value (int64 .most) .unit .mostWhat .why) }}{{ end -}}
+{{- end -}}
+{{- end -}}
 {{- /* context and batch, checked as vLLM checks them */ -}}
 {{- $maxLen := int64 (get $o "maxModelLen" | default -1) -}}
 {{- if gt $maxLen (int64 $c.maxPositions) }}{{ fail (printf $m.tooLong $maxLen (int64 $c.maxPositions) $c.model) }}{{ end -}}
+{{- if and (gt $maxLen 0) (lt $maxLen (int64 $c.minContext)) }}{{ fail (printf $m.tooShort $maxLen (int64 $c.minContext) $c.model (int64 $c.minContext)) }}{{ end -}}
 {{- $required := ternary $maxLen (int64 $c.minContext) (gt $maxLen 0) -}}
 {{- $needed := printf (ternary $m.neededSet $m.neededAuto (gt $maxLen 0)) $required -}}
 {{- $seqs := int64 (get $o "maxNumSeqs" | default $hw.maxNumSeqs) -}}

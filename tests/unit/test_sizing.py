@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -73,6 +74,7 @@ def gpu(name: str = "gpu", count: int = 1, memory_mib: int = 81920, **kw: object
         gpu_memory_mib=memory_mib,
         host_cpu=8,
         host_memory_gib=None,
+        host_max_cpu=None,
         util_permille=900,
         max_model_len=131072,
         max_num_seqs=256,
@@ -90,6 +92,7 @@ CPU = Hardware(
     gpu_memory_mib=0,
     host_cpu=4,
     host_memory_gib=16,
+    host_max_cpu=16,
     util_permille=900,
     max_model_len=4096,
     max_num_seqs=16,
@@ -271,7 +274,9 @@ def test_cpu_refuses_gpu_variables_quantizations_and_oversized_models() -> None:
         r"the 16 GiB",
     ):
         size(LLAMA_8B, CPU)
-    assert size(LLAMA_8B, CPU, Overrides(host_memory_gib=40)).host_memory_gib == 40
+    # HOST_MEMORY_GIB cannot lift it past what the profile's nodes give a pod.
+    with pytest.raises(Refused, match="HOST_MEMORY_GIB=40 exceeds the 16 GiB of memory per pod"):
+        size(LLAMA_8B, CPU, Overrides(host_memory_gib=40))
     with pytest.raises(Refused, match="HOST_MEMORY_GIB=8 is less than the 37 GiB"):
         size(LLAMA_8B, CPU, Overrides(host_memory_gib=8))
     deep = dataclasses.replace(SMOLLM2, layers=300)  # 460800 bytes of float32 KV per token
@@ -307,6 +312,47 @@ def test_overrides_are_checked_like_vllm_checks_them() -> None:
     assert custom.tensor_parallel_size == 1
     explicit = size(LLAMA_8B, gpu(), Overrides(max_model_len=5000, tensor_parallel_size=1))
     assert explicit.max_model_len == 5000  # the operator's value, as given
+
+
+def test_overrides_cannot_ask_for_more_than_the_profiles_hardware_has() -> None:
+    # Issue 10: HOST_MEMORY_GIB=99999 (the pod stays Pending), HOST_CPU=9999, GPU_MEMORY_GIB=9999
+    # on custom were accepted.
+    x2 = gpu(name="x2", count=2, memory_mib=81559, host_memory_gib=400, host_max_cpu=128)
+    cases = [
+        (Overrides(host_memory_gib=99999), "HOST_MEMORY_GIB=99999 exceeds the 400 GiB of memory"),
+        (Overrides(host_cpu=9999), "HOST_CPU=9999 exceeds the 128 cores per pod of profile x2"),
+        (Overrides(gpu_count=4), "GPU_COUNT=4 exceeds the 2 GPU(s) per node of profile x2"),
+        (Overrides(gpu_memory_gib=80), "GPU_MEMORY_GIB=80 exceeds the 79 GiB per GPU"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(Refused, match=re.escape(message)) as refused:
+            size(LLAMA_8B, x2, overrides)
+        assert not refused.value.fit  # a bad value, not a lack of room
+    # Up to the bound is the operator's choice.
+    assert size(LLAMA_8B, x2, Overrides(host_memory_gib=400, host_cpu=128)).host_cpu == 128
+    assert size(LLAMA_8B, x2, Overrides(gpu_memory_gib=79)).gpu_memory_mib == 79 * 1024
+    # The custom profile says nothing of its nodes: what any GPU or node has bounds it.
+    custom = gpu(name="custom", count=None, memory_mib=None)  # type: ignore[arg-type]
+    with pytest.raises(Refused, match=r"GPU_MEMORY_GIB=9999 exceeds 288 GiB per GPU, the most "
+                       r"any GPU has"):  # fmt: skip
+        size(LLAMA_8B, custom, Overrides(gpu_count=1, gpu_memory_gib=9999))
+    with pytest.raises(Refused, match=r"HOST_CPU=9999 exceeds 768 cores per pod"):
+        size(LLAMA_8B, custom, Overrides(gpu_count=1, gpu_memory_gib=80, host_cpu=9999))
+    with pytest.raises(Refused, match=r"HOST_MEMORY_GIB=99999 exceeds 6144 GiB"):
+        size(LLAMA_8B, custom, Overrides(gpu_count=1, gpu_memory_gib=80, host_memory_gib=99999))
+    assert size(LLAMA_8B, custom, Overrides(gpu_count=1, gpu_memory_gib=288)).gpus == 1
+
+
+def test_a_max_model_len_below_a_usable_context_is_refused() -> None:
+    # Issue 10: MAX_MODEL_LEN=1 was accepted.
+    for length in (1, 16, 4095):
+        with pytest.raises(Refused, match=rf"MAX_MODEL_LEN={length} is less than the 4096 tokens"):
+            size(LLAMA_8B, gpu(), Overrides(max_model_len=length))
+    assert size(LLAMA_8B, gpu(), Overrides(max_model_len=4096)).max_model_len == 4096
+    # A model with a shorter limit is held to its own: all-MiniLM's 512 positions.
+    with pytest.raises(Refused, match="MAX_MODEL_LEN=128 is less than the 512 tokens"):
+        size(MINILM, gpu(), Overrides(max_model_len=128))
+    assert size(MINILM, CPU, Overrides(max_model_len=512)).max_model_len == 512
 
 
 def test_a_max_model_len_the_cache_cannot_hold_is_refused() -> None:

@@ -131,6 +131,62 @@ CPU_QUANTIZATIONS = ("none", "awq", "gptq")
 # The GPU_COUNT variable's upper bound: costs are written for every tensor-parallel size up to it.
 MAX_GPUS = 64
 
+# Where a profile does not say what its nodes have (custom, or the start-up check's machine), the
+# overrides are still bounded by what any GPU or node has. The largest GPU made: NVIDIA's B300,
+# 288 GB of HBM3e (268 GiB; the bound leaves room for GB read as GiB). The largest x86 node: two
+# 192-core sockets with SMT, 768 logical CPUs; two sockets of 12 channels x 256 GB DIMMs, 6 TB.
+MAX_GPU_MEMORY_GIB = 288
+MAX_HOST_CPU = 768
+MAX_HOST_MEMORY_GIB = 6144
+
+
+@dataclass(frozen=True)
+class Bound:
+    """An override's upper bound: the profile's hardware (Hardware.bound), else `most`."""
+
+    field: str  # the Overrides field
+    variable: str
+    unit: str
+    most: int
+    most_what: str  # what `most` is
+    why: str  # what would happen above it
+
+
+BOUNDS = (
+    Bound(
+        field="gpu_count",
+        variable="GPU_COUNT",
+        unit="GPU(s) per node",
+        most=MAX_GPUS,
+        most_what="the sizing covers",
+        why="the pod would ask for GPUs no node has and stay Pending",
+    ),
+    Bound(
+        field="gpu_memory_gib",
+        variable="GPU_MEMORY_GIB",
+        unit="GiB per GPU",
+        most=MAX_GPU_MEMORY_GIB,
+        most_what="any GPU has (NVIDIA's B300: 288 GB)",
+        why="the sizing would count GPU memory that is not there and vLLM would run out of it",
+    ),
+    Bound(
+        field="host_cpu",
+        variable="HOST_CPU",
+        unit="cores per pod",
+        most=MAX_HOST_CPU,
+        most_what="one node has (two 192-core sockets with SMT)",
+        why="the pod would stay Pending",
+    ),
+    Bound(
+        field="host_memory_gib",
+        variable="HOST_MEMORY_GIB",
+        unit="GiB of memory per pod",
+        most=MAX_HOST_MEMORY_GIB,
+        most_what="one node has (6 TB)",
+        why="the pod would stay Pending",
+    ),
+)
+
 # Refusal texts, printf-style (%s, %d only). Python formats them here; the rendered values carry
 # the same strings to the chart's override check, which formats them with the same numbers.
 MESSAGES = {
@@ -145,6 +201,11 @@ MESSAGES = {
     "the model and the memory of each in GiB (e.g. GPU_COUNT=2, GPU_MEMORY_GIB=48)",
     "tooLong": "MAX_MODEL_LEN=%d exceeds the %d tokens %s accepts (max_position_embeddings, or "
     "the shorter input limit of its model directory)",
+    "tooShort": "MAX_MODEL_LEN=%d is less than the %d tokens of a usable context for %s (a chat "
+    "turn with some history, or the model's own limit where shorter): leave it empty or set at "
+    "least %d",
+    "overProfile": "%s=%d exceeds the %d %s of profile %s: %s",
+    "overAny": "%s=%d exceeds %d %s, the most %s: %s",
     "embedBatch": "%s is an embedding model, which vLLM runs without chunked prefill: "
     "max_num_batched_tokens (%d) must be at least max_model_len (%d)",
     "batchSeqs": "max_num_batched_tokens (%d) must be at least max_num_seqs (%d): vLLM refuses "
@@ -172,7 +233,7 @@ MESSAGES = {
     "hostBelowNeed": "HOST_MEMORY_GIB=%d is less than the %d GiB of host memory %s needs on "
     "profile %s (%s)",
     "hostOverNode": "%s needs %d GiB of host memory on profile %s (%s), more than the %d GiB a "
-    "node of this profile gives one pod; set HOST_MEMORY_GIB if your nodes have more",
+    "node of this profile gives one pod",
     # What a refusal for lack of room adds: the profiles that fit, the manifests that fit.
     "fitsProfiles": ". Profiles that fit %s without overrides: %s",
     "fitsNoProfile": ". No profile fits %s",
@@ -271,6 +332,7 @@ class Hardware:
     gpu_memory_mib: int | None
     host_cpu: int
     host_memory_gib: int | None
+    host_max_cpu: int | None
     util_permille: int
     max_model_len: int
     max_num_seqs: int
@@ -281,6 +343,17 @@ class Hardware:
     @property
     def flavor(self) -> str:
         return "cpu" if self.gpu_count == 0 else "cuda"
+
+    def bound(self, field: str) -> int | None:
+        """The most a bounded override (a BOUNDS field) may ask of this hardware; None: the
+        hardware does not say (then Bound.most applies)."""
+        gpu_memory_gib = None if self.gpu_memory_mib is None else self.gpu_memory_mib // 1024
+        return {
+            "gpu_count": self.gpu_count,
+            "gpu_memory_gib": gpu_memory_gib,
+            "host_cpu": self.host_max_cpu,
+            "host_memory_gib": self.host_memory_gib,
+        }[field]
 
 
 @dataclass(frozen=True)
@@ -493,6 +566,7 @@ def fit(costs: Costs, hardware: Hardware, overrides: Overrides = NO_OVERRIDES) -
     """The fit of one model's costs (in the dtype it runs) on one profile's hardware, step by
     step as the chart's override check repeats it."""
     _check_variables(costs, hardware, overrides)
+    _check_bounds(hardware, overrides)
     demand = _context_and_batch(costs, hardware, overrides)
     if hardware.flavor == "cpu":
         return _fit_cpu(costs, hardware, overrides, demand)
@@ -522,10 +596,28 @@ def _check_variables(costs: Costs, hardware: Hardware, overrides: Overrides) -> 
         raise _refused("cpuDtypeOnly", hardware.name, fit=False)
 
 
+def _check_bounds(hardware: Hardware, o: Overrides) -> None:
+    """No override may ask for more than the profile's hardware has (or any hardware has)."""
+    for b in BOUNDS:
+        value = getattr(o, b.field)
+        if value is None:
+            continue
+        limit = hardware.bound(b.field)
+        if limit is not None and value > limit:
+            args = (b.variable, value, limit, b.unit, hardware.name, b.why)
+            raise _refused("overProfile", *args, fit=False)
+        if limit is None and value > b.most:
+            args = (b.variable, value, b.most, b.unit, b.most_what, b.why)
+            raise _refused("overAny", *args, fit=False)
+
+
 def _context_and_batch(costs: Costs, hardware: Hardware, o: Overrides) -> _Demand:
     """The required context and the batch limits, checked as vLLM checks them."""
     if o.max_model_len is not None and o.max_model_len > costs.max_positions:
         raise _refused("tooLong", o.max_model_len, costs.max_positions, costs.model, fit=False)
+    if o.max_model_len is not None and o.max_model_len < costs.min_context:
+        floor = costs.min_context
+        raise _refused("tooShort", o.max_model_len, floor, costs.model, floor, fit=False)
     required = o.max_model_len or costs.min_context
     seqs = o.max_num_seqs or hardware.max_num_seqs
     batched = o.max_num_batched_tokens or hardware.max_num_batched_tokens
