@@ -80,9 +80,9 @@ TP_CUDA_GRAPH_BYTES = 5 * GIB // 2
 # (vllm/v1/core/kv_cache_utils.py check_enough_kv_cache_memory, less the null block its
 # BlockPool holds back). The terms before the KV cache are estimates of what vLLM measures at
 # start, so a context limited by the KV cache uses at most this share of the estimated
-# capacity; the rest is the margin by which the estimates may fall short. (A judgment: the
-# activation constant is within about that of the peaks vLLM logs, and 10% of the KV room is
-# 0.3-3 GiB on the profiles' GPUs.)
+# capacity; the rest is the margin by which the estimates may fall short, and it covers the null
+# block. (A judgment, not a measurement: where the KV cache limits the context it is a few GiB,
+# and the estimates before it may be off by a few tenths of a GiB.)
 KV_USABLE_PERCENT = 90
 
 # vLLM refuses to start when gpu_memory_utilization x the GPU's total (as CUDA reports it) is
