@@ -72,8 +72,11 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- $runtime := add (get $c.tensorParallel "1").hostRuntimeBytes $activation -}}
 {{- if $cpu -}}
 {{- $kvGib = int64 (get $o "cpuKvcacheGib" | default $hw.cpuKvcacheGib) -}}
-{{- if gt $kvBytes 0 }}{{ $capacity = div (mul $kvGib $k.gib) $kvBytes }}{{ $usable = $capacity }}{{ end -}}
-{{- if and (gt $kvBytes 0) (lt $capacity $required) }}{{ include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.cpuShortKv $c.model $name $kvGib $capacity $kvBytes $needed (include "zarf-vllm.gib" (mul $required $kvBytes)))) }}{{ end -}}
+{{- if gt $kvBytes 0 }}{{ $capacity = div (mul $kvGib $k.gib) $kvBytes }}{{ $usable = mul (max (sub (div $capacity $k.cpuBlockSize) 1) 0) $k.cpuBlockSize }}{{ end -}}
+{{- if and (gt $kvBytes 0) (lt $usable $required) -}}
+{{- $blocks := add (div (add $required (sub $k.cpuBlockSize 1)) $k.cpuBlockSize) 1 -}}
+{{- include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.cpuShortKv $c.model $name $kvGib $capacity $kvBytes $usable (int64 $k.cpuBlockSize) $needed (include "zarf-vllm.gib" (mul $blocks $k.cpuBlockSize $kvBytes)))) -}}
+{{- end -}}
 {{- else -}}
 {{- $gpuCount = int64 (get $o "gpuCount" | default $hw.gpuCount | default 0) -}}
 {{- $memoryMib = int64 (ternary (mul (get $o "gpuMemoryGib" | default 0) 1024) ($hw.gpuMemoryMib | default 0) (hasKey $o "gpuMemoryGib")) -}}

@@ -282,8 +282,9 @@ def test_cpu_refuses_gpu_variables_quantizations_and_oversized_models() -> None:
     deep = dataclasses.replace(SMOLLM2, layers=300)  # 460800 bytes of float32 KV per token
     with pytest.raises(
         Refused,
-        match=r"a 1 GiB KV cache \(CPU_KVCACHE_GIB\) holds 2330 tokens "
-        r"at 460800 bytes per token, and MAX_MODEL_LEN=8192 needs 3\.5 GiB",
+        match=r"a 1 GiB KV cache \(CPU_KVCACHE_GIB\) holds 2330 tokens at 460800 bytes per "
+        r"token, of which a context may take 2176 \(whole 128-token blocks, less the one vLLM "
+        r"holds back\), and MAX_MODEL_LEN=8192 needs 3\.5 GiB",
     ):
         size(deep, CPU, Overrides(cpu_kvcache_gib=1, max_model_len=8192))
 

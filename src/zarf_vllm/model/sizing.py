@@ -26,10 +26,15 @@ GIB = 1 << 30
 MIB = 1 << 20
 
 # vLLM allocates the KV cache in blocks of 16 tokens on GPUs (CacheConfig's default
-# block_size); a max_model_len on a block boundary wastes no partial block. (vLLM-CPU uses
-# 128-token blocks: with the cpu profile's 2 GiB it logged 93,184 tokens where this module
-# computes 93,206.)
+# block_size); a max_model_len on a block boundary wastes no partial block.
 BLOCK_SIZE = 16
+# vLLM-CPU uses 128-token blocks (vllm/platforms/cpu.py sets block_size 128 unless told
+# otherwise: with the cpu profile's 2 GiB it logged 93,184 tokens where the bytes give 93,206),
+# and its KV cache is exactly CPU_KVCACHE_GIB, so what a context may take is exact: the whole
+# blocks less the null block vLLM holds back. Measured on vLLM-CPU 0.32 with a 1 GiB cache of
+# 1,048,576 tokens: max_model_len 1,048,576 was refused ("the estimated maximum model length is
+# 1048448"), 1,048,448 started.
+CPU_BLOCK_SIZE = 128
 
 # The shortest context worth serving: a chat turn with some history. A model trained on fewer
 # positions is held to what it was trained for.
@@ -224,7 +229,8 @@ MESSAGES = {
     "%d bytes per token, of which a context may take %d%% (%d tokens) for vLLM's own capacity "
     "check to pass, and %s needs %s GiB per GPU",
     "cpuShortKv": "%s does not fit profile %s: a %d GiB KV cache (CPU_KVCACHE_GIB) holds %d "
-    "tokens at %d bytes per token, and %s needs %s GiB",
+    "tokens at %d bytes per token, of which a context may take %d (whole %d-token blocks, less "
+    "the one vLLM holds back), and %s needs %s GiB",
     "neededSet": "MAX_MODEL_LEN=%d",
     "neededAuto": "a usable context of %d tokens",
     "hostParts": "%s GiB weights + %s GiB runtime",
@@ -516,6 +522,11 @@ class Fit:
         return f"{self.profile} (TP {tp}, max_model_len {length})"
 
 
+def cpu_usable_tokens(capacity: int) -> int:
+    """Of vLLM-CPU's KV cache capacity, what a context may take: whole blocks, less one."""
+    return max(capacity // CPU_BLOCK_SIZE - 1, 0) * CPU_BLOCK_SIZE
+
+
 def usable_tokens(capacity: int) -> int:
     """Of a GPU KV cache's estimated capacity, what a context may take (KV_USABLE_PERCENT)."""
     return capacity * KV_USABLE_PERCENT // 100
@@ -653,7 +664,9 @@ def _fit_cpu(costs: Costs, hw: Hardware, o: Overrides, demand: _Demand) -> Fit:
     kv_bytes = costs.kv_bytes["auto"]
     kv_gib = o.cpu_kvcache_gib or hw.cpu_kvcache_gib or 0
     capacity = kv_gib * GIB // kv_bytes if kv_bytes else None
-    if capacity is not None and capacity < required:
+    usable = cpu_usable_tokens(capacity) if capacity is not None else None
+    if capacity is not None and usable is not None and usable < required:
+        blocks = ceil_div(required, CPU_BLOCK_SIZE) + 1  # and the null block
         raise _refused(
             "cpuShortKv",
             costs.model,
@@ -661,8 +674,10 @@ def _fit_cpu(costs: Costs, hw: Hardware, o: Overrides, demand: _Demand) -> Fit:
             kv_gib,
             capacity,
             kv_bytes,
+            usable,
+            CPU_BLOCK_SIZE,
             _needed(o, required),
-            gib(required * kv_bytes),
+            gib(blocks * CPU_BLOCK_SIZE * kv_bytes),
             fit=True,
         )
     one = costs.tensor_parallel[1]
@@ -676,7 +691,7 @@ def _fit_cpu(costs: Costs, hw: Hardware, o: Overrides, demand: _Demand) -> Fit:
         dtype=costs.dtype,
         kv_cache_dtype="auto",
         util_permille=hw.util_permille,
-        max_model_len=o.max_model_len or _auto_len(costs, hw, capacity),
+        max_model_len=o.max_model_len or _auto_len(costs, hw, usable),
         max_num_seqs=demand.seqs,
         max_num_batched_tokens=demand.batched,
         enforce_eager=hw.enforce_eager,

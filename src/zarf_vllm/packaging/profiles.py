@@ -336,6 +336,7 @@ def _constants(chart_dir: Path) -> dict[str, object]:
         "gib": sizing.GIB,
         "mib": sizing.MIB,
         "blockSize": sizing.BLOCK_SIZE,
+        "cpuBlockSize": sizing.CPU_BLOCK_SIZE,
         "usefulKvSequences": sizing.USEFUL_KV_SEQUENCES,
         "bounds": [
             {**_camel_dict(bound), "field": deploy_variables.camel_case(bound.field)}
