@@ -40,9 +40,18 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- if not (has $c.quantization $k.cpuQuantizations) }}{{ include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.cpuQuantization $c.model $c.quantization)) }}{{ end -}}
 {{- else if hasKey $o "cpuKvcacheGib" }}{{ fail (printf $m.cpuOnly $name) }}
 {{- else if hasKey $o "cpuDtype" }}{{ fail (printf $m.cpuDtypeOnly $name) }}{{ end -}}
+{{- /* no override above what the profile's hardware has (or, where it does not say, any has) */ -}}
+{{- range $k.bounds -}}
+{{- if hasKey $o .field -}}
+{{- $value := int64 (get $o .field) -}}{{- $limit := get $hw.bounds .field -}}
+{{- if and (not (kindIs "invalid" $limit)) (gt $value (int64 $limit)) }}{{ fail (printf $m.overProfile .variable $value (int64 $limit) .unit $name .why) }}{{ end -}}
+{{- if and (kindIs "invalid" $limit) (gt $value (int64 .most)) }}{{ fail (printf $m.overAny .variable $value (int64 .most) .unit .mostWhat .why) }}{{ end -}}
+{{- end -}}
+{{- end -}}
 {{- /* context and batch, checked as vLLM checks them */ -}}
 {{- $maxLen := int64 (get $o "maxModelLen" | default -1) -}}
 {{- if gt $maxLen (int64 $c.maxPositions) }}{{ fail (printf $m.tooLong $maxLen (int64 $c.maxPositions) $c.model) }}{{ end -}}
+{{- if and (gt $maxLen 0) (lt $maxLen (int64 $c.minContext)) }}{{ fail (printf $m.tooShort $maxLen (int64 $c.minContext) $c.model (int64 $c.minContext)) }}{{ end -}}
 {{- $required := ternary $maxLen (int64 $c.minContext) (gt $maxLen 0) -}}
 {{- $needed := printf (ternary $m.neededSet $m.neededAuto (gt $maxLen 0)) $required -}}
 {{- $seqs := int64 (get $o "maxNumSeqs" | default $hw.maxNumSeqs) -}}
@@ -58,23 +67,26 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- /* the KV cache: a fixed size on the CPU, what each GPU has left on GPUs */ -}}
 {{- $kvDtype := get $o "kvCacheDtype" | default "auto" -}}
 {{- $kvBytes := int64 (get $c.kvBytes $kvDtype) -}}
-{{- $tp := 1 -}}{{- $capacity := -1 -}}{{- $kvGib := 0 -}}{{- $gpuCount := 0 -}}{{- $memoryMib := 0 -}}
+{{- $tp := 1 -}}{{- $capacity := -1 -}}{{- $usable := -1 -}}{{- $kvGib := 0 -}}{{- $gpuCount := 0 -}}{{- $memoryMib := 0 -}}
 {{- $util := int64 (get $o "utilPermille" | default $hw.utilPermille) -}}
 {{- $runtime := add (get $c.tensorParallel "1").hostRuntimeBytes $activation -}}
 {{- if $cpu -}}
 {{- $kvGib = int64 (get $o "cpuKvcacheGib" | default $hw.cpuKvcacheGib) -}}
-{{- if gt $kvBytes 0 }}{{ $capacity = div (mul $kvGib $k.gib) $kvBytes }}{{ end -}}
-{{- if and (gt $kvBytes 0) (lt $capacity $required) }}{{ include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.cpuShortKv $c.model $name $kvGib $capacity $kvBytes $needed (include "zarf-vllm.gib" (mul $required $kvBytes)))) }}{{ end -}}
+{{- if gt $kvBytes 0 }}{{ $capacity = div (mul $kvGib $k.gib) $kvBytes }}{{ $usable = mul (max (sub (div $capacity $k.cpuBlockSize) 1) 0) $k.cpuBlockSize }}{{ end -}}
+{{- if and (gt $kvBytes 0) (lt $usable $required) -}}
+{{- $blocks := add (div (add $required (sub $k.cpuBlockSize 1)) $k.cpuBlockSize) 1 -}}
+{{- include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.cpuShortKv $c.model $name $kvGib $capacity $kvBytes $usable (int64 $k.cpuBlockSize) $needed (include "zarf-vllm.gib" (mul $blocks $k.cpuBlockSize $kvBytes)))) -}}
+{{- end -}}
 {{- else -}}
 {{- $gpuCount = int64 (get $o "gpuCount" | default $hw.gpuCount | default 0) -}}
 {{- $memoryMib = int64 (ternary (mul (get $o "gpuMemoryGib" | default 0) 1024) ($hw.gpuMemoryMib | default 0) (hasKey $o "gpuMemoryGib")) -}}
 {{- if or (eq $gpuCount 0) (eq $memoryMib 0) }}{{ fail (printf $m.customNeedsGpus $name) }}{{ end -}}
 {{- $total := mul $memoryMib $k.mib -}}
-{{- $budget := div (mul $total $util) 1000 -}}
 {{- $cudaTotal := sub $total $k.cudaTotalShortfallBytes -}}
+{{- $budget := div (mul $cudaTotal $util) 1000 -}}
 {{- $free := sub $cudaTotal $k.freeAtStartShortfallBytes -}}
-{{- if gt (div (mul $cudaTotal $util) 1000) $free }}{{ fail (printf $m.utilTooHigh (include "zarf-vllm.permille" $util) (include "zarf-vllm.gib" $budget) (include "zarf-vllm.gib" $total) (include "zarf-vllm.gib" $free) (include "zarf-vllm.permille" (mul (div (mul $free 100) $cudaTotal) 10))) }}{{ end -}}
-{{- $candidates := list -}}{{- $rooms := dict -}}{{- $capacities := dict -}}
+{{- if gt $budget $free }}{{ fail (printf $m.utilTooHigh (include "zarf-vllm.permille" $util) (include "zarf-vllm.gib" $budget) (include "zarf-vllm.gib" $total) (include "zarf-vllm.gib" $free) (include "zarf-vllm.permille" (mul (div (mul $free 100) $cudaTotal) 10))) }}{{ end -}}
+{{- $candidates := list -}}{{- $rooms := dict -}}{{- $capacities := dict -}}{{- $usables := dict -}}
 {{- range $t := $c.tensorParallelSizes -}}
 {{- if eq (mod $gpuCount $t) 0 -}}
 {{- $cost := get $c.tensorParallel (toString $t) -}}
@@ -82,6 +94,7 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- $candidates = append $candidates (int64 $t) -}}
 {{- $_ := set $rooms (toString $t) $room -}}
 {{- $_ := set $capacities (toString $t) (ternary (div (mul (max $room 0) $t) (max $kvBytes 1)) 0 (gt $kvBytes 0)) -}}
+{{- $_ := set $usables (toString $t) (div (mul (get $capacities (toString $t)) $k.kvUsablePercent) 100) -}}
 {{- end -}}
 {{- end -}}
 {{- if hasKey $o "tensorParallelSize" -}}
@@ -92,21 +105,21 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- $useful := mul $k.usefulKvSequences (ternary $maxLen $classLen (gt $maxLen 0)) -}}
 {{- $tp = 0 -}}
 {{- range $t := $candidates -}}
-{{- if and (eq $tp 0) (include "zarf-vllm.holds" (dict "room" (get $rooms (toString $t)) "capacity" (get $capacities (toString $t)) "kvBytes" $kvBytes "tokens" $useful)) }}{{ $tp = $t }}{{ end -}}
+{{- if and (eq $tp 0) (include "zarf-vllm.holds" (dict "room" (get $rooms (toString $t)) "usable" (get $usables (toString $t)) "kvBytes" $kvBytes "tokens" $useful)) }}{{ $tp = $t }}{{ end -}}
 {{- end -}}
 {{- if eq $tp 0 }}{{ $tp = last $candidates }}{{ end -}}
 {{- end -}}
 {{- $cost := get $c.tensorParallel (toString $tp) -}}
 {{- $room := get $rooms (toString $tp) -}}
-{{- if not (include "zarf-vllm.holds" (dict "room" $room "capacity" (get $capacities (toString $tp)) "kvBytes" $kvBytes "tokens" $required)) -}}
+{{- if not (include "zarf-vllm.holds" (dict "room" $room "usable" (get $usables (toString $tp)) "kvBytes" $kvBytes "tokens" $required)) -}}
 {{- $where := printf $m.gpuBudget $c.model $name $tp $gpuCount (include "zarf-vllm.gib" $total) (include "zarf-vllm.permille" $util) (include "zarf-vllm.gib" $budget) -}}
 {{- $w := include "zarf-vllm.gib" $cost.weightBytes -}}{{- $a := include "zarf-vllm.gib" $activation -}}{{- $r := include "zarf-vllm.gib" $cost.reserveBytes -}}
 {{- if or (lt $room 0) (eq $kvBytes 0) -}}
 {{- include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.gpuNoRoom $where $w $a $r (include "zarf-vllm.gib" (add $cost.weightBytes $activation $cost.reserveBytes)))) -}}
 {{- end -}}
-{{- include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.gpuShortKv $where (include "zarf-vllm.gib" $room) $w $a $r (int64 (get $capacities (toString $tp))) $kvBytes $needed (include "zarf-vllm.gib" (div (add (mul $required $kvBytes) (sub $tp 1)) $tp)))) -}}
+{{- include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.gpuShortKv $where (include "zarf-vllm.gib" $room) $w $a $r (int64 (get $capacities (toString $tp))) $kvBytes (int64 $k.kvUsablePercent) (int64 (get $usables (toString $tp))) $needed (include "zarf-vllm.gib" (div (add (mul $required $kvBytes 100) (sub (mul $k.kvUsablePercent $tp) 1)) (mul $k.kvUsablePercent $tp))))) -}}
 {{- end -}}
-{{- if gt $kvBytes 0 }}{{ $capacity = int64 (get $capacities (toString $tp)) }}{{ end -}}
+{{- if gt $kvBytes 0 }}{{ $capacity = int64 (get $capacities (toString $tp)) }}{{ $usable = int64 (get $usables (toString $tp)) }}{{ end -}}
 {{- $runtime = $cost.hostRuntimeBytes -}}
 {{- end -}}
 {{- /* host memory: what loading needs, against HOST_MEMORY_GIB or what the profile's nodes give */ -}}
@@ -118,9 +131,9 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- $host := int64 (get $o "hostMemoryGib" | default $need) -}}
 {{- if lt $host $need }}{{ include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.hostBelowNeed $host $need $c.model $name $parts)) }}{{ end -}}
 {{- if and (not (hasKey $o "hostMemoryGib")) $hw.hostMemoryGib (gt $need (int64 $hw.hostMemoryGib)) }}{{ include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.hostOverNode $c.model $need $name $parts (int64 $hw.hostMemoryGib))) }}{{ end -}}
-{{- /* unset: the class's length, capped by the KV cache, on a block boundary */ -}}
+{{- /* unset: the class's length, capped by what the KV cache may give a context, on a block boundary */ -}}
 {{- $length := ternary $maxLen $classLen (gt $maxLen 0) -}}
-{{- if and (le $maxLen 0) (ge $capacity 0) }}{{ $length = min $classLen (mul (div $capacity $k.blockSize) $k.blockSize) }}{{ end -}}
+{{- if and (le $maxLen 0) (ge $usable 0) }}{{ $length = min $classLen (mul (div $usable $k.blockSize) $k.blockSize) }}{{ end -}}
 {{- dict
   "profile" $name "model" $c.model "gpus" (ternary 0 $tp $cpu) "gpuMemoryMib" $memoryMib
   "tensorParallelSize" $tp "dtype" $c.dtype "kvCacheDtype" $kvDtype "utilPermille" $util
@@ -133,7 +146,7 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 
 {{/* "true" when a GPU holds the tokens (sizing._GpuBudget.holds). */}}
 {{- define "zarf-vllm.holds" -}}
-{{- if eq (int64 .kvBytes) 0 }}{{ if ge (int64 .room) 0 }}true{{ end }}{{ else if ge (int64 .capacity) (int64 .tokens) }}true{{ end -}}
+{{- if eq (int64 .kvBytes) 0 }}{{ if ge (int64 .room) 0 }}true{{ end }}{{ else if ge (int64 .usable) (int64 .tokens) }}true{{ end -}}
 {{- end -}}
 
 {{/* The profile's name: PROFILE, else the package's default; unknown names fail. */}}

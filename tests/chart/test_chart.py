@@ -120,17 +120,19 @@ def test_the_pairs_include_fits_and_refusals() -> None:
 
 OVERRIDES = {
     "GPU_COUNT": st.sampled_from(["1", "2", "3", "4", "8"]),
-    "GPU_MEMORY_GIB": st.sampled_from(["16", "24", "48", "80", "141"]),
+    "GPU_MEMORY_GIB": st.sampled_from(["16", "24", "48", "80", "141", "288", "9999"]),
     "TENSOR_PARALLEL_SIZE": st.sampled_from(["1", "2", "3", "4", "8"]),
-    "MAX_MODEL_LEN": st.sampled_from(["512", "2048", "4096", "5000", "32768", "131072", "200000"]),
+    "MAX_MODEL_LEN": st.sampled_from(
+        ["1", "512", "2048", "4096", "5000", "32768", "131072", "200000"]
+    ),
     "GPU_MEMORY_UTILIZATION": st.sampled_from(["0.5", "0.85", "0.95", "0.99"]),
     "MAX_NUM_SEQS": st.sampled_from(["8", "64", "512"]),
     "MAX_NUM_BATCHED_TOKENS": st.sampled_from(["256", "2048", "16384"]),
     "KV_CACHE_DTYPE": st.sampled_from(["auto", "fp8"]),
     "CPU_KVCACHE_GIB": st.sampled_from(["1", "4"]),
     "CPU_DTYPE": st.sampled_from(["float32", "bfloat16"]),
-    "HOST_CPU": st.sampled_from(["2", "16"]),
-    "HOST_MEMORY_GIB": st.sampled_from(["4", "64", "2000"]),
+    "HOST_CPU": st.sampled_from(["2", "16", "200", "9999"]),
+    "HOST_MEMORY_GIB": st.sampled_from(["4", "64", "2000", "99999"]),
 }
 VARIABLES = deploy_variables.load(REPO)
 
@@ -381,8 +383,32 @@ def test_refusals_name_the_way_out() -> None:
     if "llama-3.1-70b-instruct" in MANIFEST_IDS:
         message = refusal("llama-3.1-70b-instruct", PROFILE="l4-24gb")
         assert "131.4 GiB of weights" in message
-        assert "Profiles that fit llama-3.1-70b-instruct without overrides: h100-80gb-x2" in message
+        assert "Profiles that fit llama-3.1-70b-instruct without overrides: h100-80gb-x4" in message
         assert "Manifests that fit profile l4-24gb: " in message
+
+
+def test_overrides_beyond_the_hardware_are_refused_before_anything_is_applied() -> None:
+    # Issue 10's accepted-though-absurd values, refused by the chart in the sizing's words.
+    cases = [
+        (
+            {"PROFILE": "cpu", "HOST_MEMORY_GIB": "99999"},
+            "HOST_MEMORY_GIB=99999 exceeds the 16 GiB",
+        ),
+        ({"PROFILE": "cpu", "HOST_CPU": "9999"}, "HOST_CPU=9999 exceeds the 16 cores per pod"),
+        (
+            {"PROFILE": "custom", "GPU_COUNT": "1", "GPU_MEMORY_GIB": "9999"},
+            "GPU_MEMORY_GIB=9999 exceeds 288 GiB per GPU, the most any GPU has",
+        ),
+        ({"PROFILE": "cpu", "MAX_MODEL_LEN": "1"}, "MAX_MODEL_LEN=1 is less than the 4096 tokens"),
+        ({"PROFILE": "l4-24gb", "GPU_COUNT": "2"}, "GPU_COUNT=2 exceeds the 1 GPU(s) per node"),
+        ({"PROFILE": "l4-24gb", "GPU_MEMORY_GIB": "24"}, "GPU_MEMORY_GIB=24 exceeds the 22 GiB"),
+    ]
+    for sets, start in cases:
+        message = refusal("smollm2-135m-instruct", **sets)
+        assert message.startswith(start), (sets, message)
+        overrides = VARIABLES.overrides(sets)
+        assert message == str(python_fit("smollm2-135m-instruct", sets["PROFILE"], overrides))
+    assert isinstance(run_preview("smollm2-135m-instruct", PROFILE="cpu", HOST_CPU="16"), Preview)
 
 
 def test_flavor_and_default_profile() -> None:

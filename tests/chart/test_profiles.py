@@ -172,6 +172,36 @@ def test_demo_and_big_models_fit_where_expected() -> None:
         assert big["h100-80gb-x4"].fit and big["h100-80gb-x4"].fit.tensor_parallel_size == 4
 
 
+def test_a_context_the_kv_cache_limits_leaves_vllm_its_margin_on_every_profile() -> None:
+    # Issue 10: Llama-3.1-70B on h100-80gb-x2 got max_model_len 21,776, the whole estimated
+    # capacity, and gemma-2-9b with KV_CACHE_DTYPE=fp8 on l4-24gb 6,016 of 6,028 tokens.
+    for manifest_id in MANIFEST_IDS:
+        model = ModelFacts.from_manifest(manifest(manifest_id))
+        for kv_dtype in (None, "fp8"):
+            for outcome in outcomes(model, PROFILES):
+                try:
+                    fit = sizing.size(
+                        model, outcome.profile.hardware, sizing.Overrides(kv_cache_dtype=kv_dtype)
+                    )
+                except sizing.Refused:
+                    continue
+                if fit.kv_capacity_tokens is None or fit.kv_capacity_tokens >= 131072:
+                    continue
+                usable = fit.kv_capacity_tokens * sizing.KV_USABLE_PERCENT // 100
+                assert fit.max_model_len <= usable, (manifest_id, outcome.profile.name, kv_dtype)
+    if "llama-3.1-70b-instruct" in MANIFEST_IDS:
+        # At 0.95 two H100s hold a usable context, which the KV cache limits.
+        big = ModelFacts.from_manifest(manifest("llama-3.1-70b-instruct"))
+        x2 = profile("h100-80gb-x2").hardware
+        fit = sizing.size(big, x2, sizing.Overrides(util_permille=950))
+        assert fit.kv_capacity_tokens is not None
+        assert fit.max_model_len == sizing.align(fit.kv_capacity_tokens * 90 // 100) < 131072
+    if "gemma-2-9b-it" in MANIFEST_IDS:
+        gemma = ModelFacts.from_manifest(manifest("gemma-2-9b-it"))
+        with pytest.raises(sizing.Refused, match="of which a context may take 90%"):
+            sizing.size(gemma, profile("l4-24gb").hardware, sizing.Overrides(kv_cache_dtype="fp8"))
+
+
 def test_values_command_writes_the_file_and_reports_the_fit(tmp_path, capsys) -> None:
     out = tmp_path / "values" / "demo.yaml"
     assert main(["values", "smollm2-135m-instruct", "--flavor", "cuda", "--out", str(out)]) == 0

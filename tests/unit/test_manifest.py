@@ -127,3 +127,23 @@ def test_a_quantized_checkpoint_keeps_its_embedding_and_head_in_16_bits() -> Non
     expected = linear * (128 * 4 + 16 + 4) // (128 * 8) + head_and_embedding * 2
     assert manifest.weight_bytes == expected
     assert 5.1 < manifest.weight_bytes / 2**30 < 5.3
+
+
+def test_a_locked_quantized_checkpoint_counts_its_files_real_bytes() -> None:
+    # Once locked, the weights are what the safetensors files hold (packed int32 values,
+    # scales, zeros, the 16-bit embedding and head), not an estimate from parameters x bits.
+    manifest = load_manifest(ROOT / "qwen2.5-7b-instruct-awq.yaml")
+    sha = "0" * 64
+    files = [
+        {"path": "config.json", "size": 1_000, "sha256": sha},
+        {"path": "tokenizer.json", "size": 7_000_000, "sha256": sha},
+        {"path": "model-00001-of-00002.safetensors", "size": 3_900_000_000, "sha256": sha},
+        {"path": "model-00002-of-00002.safetensors", "size": 1_690_000_000, "sha256": sha},
+    ]
+    locked = ModelManifest.model_validate(
+        {**manifest.model_dump(mode="json"), "files": files, "source": {
+            **manifest.source.model_dump(mode="json"), "revision": "a" * 40,
+        }}
+    )  # fmt: skip
+    assert locked.weight_bytes == 3_900_000_000 + 1_690_000_000
+    assert locked.weight_bytes != manifest.weight_bytes  # the estimate is only a stand-in

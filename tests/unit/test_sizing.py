@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -73,6 +74,7 @@ def gpu(name: str = "gpu", count: int = 1, memory_mib: int = 81920, **kw: object
         gpu_memory_mib=memory_mib,
         host_cpu=8,
         host_memory_gib=None,
+        host_max_cpu=None,
         util_permille=900,
         max_model_len=131072,
         max_num_seqs=256,
@@ -90,6 +92,7 @@ CPU = Hardware(
     gpu_memory_mib=0,
     host_cpu=4,
     host_memory_gib=16,
+    host_max_cpu=16,
     util_permille=900,
     max_model_len=4096,
     max_num_seqs=16,
@@ -111,9 +114,11 @@ def test_kv_bytes_per_token_is_two_x_layers_x_kv_heads_x_head_dim_x_dtype() -> N
 
 def test_kv_capacity_is_what_the_budget_leaves_after_weights_activations_and_reserve() -> None:
     fit = size(LLAMA_8B, gpu(memory_mib=81920))
-    budget = 81920 * MIB * 900 // 1000
+    # vLLM requests utilization x CUDA's total, which is below nvidia-smi's.
+    budget = (81920 * MIB - sizing.CUDA_TOTAL_SHORTFALL_BYTES) * 900 // 1000
     activation = 8192 * 4096 * 32 + 256 * 128256 * 8
-    room = budget - 16_060_522_496 - activation - sizing.GPU_RESERVE_BYTES
+    reserve = sizing.NON_TORCH_BYTES + sizing.CUDA_GRAPH_BYTES
+    room = budget - 16_060_522_496 - activation - reserve
     assert fit.kv_capacity_tokens == room // 131072
     assert fit.tensor_parallel_size == 1 and fit.gpus == 1
 
@@ -137,17 +142,55 @@ def test_tensor_parallel_is_the_smallest_size_with_a_useful_cache() -> None:
 
 
 def test_without_a_useful_size_the_largest_that_fits_is_taken() -> None:
-    fit = size(LLAMA_70B, gpu(count=2, memory_mib=81559, util_permille=920))
+    fit = size(LLAMA_70B, gpu(count=2, memory_mib=81559, util_permille=950))
     assert fit.tensor_parallel_size == 2
     assert 4096 <= fit.max_model_len < 131072
     assert fit.max_model_len <= fit.kv_capacity_tokens
 
 
+def test_the_reserve_covers_non_torch_memory_and_cuda_graphs_at_each_tensor_parallel_size() -> None:
+    # Published vLLM logs, per GPU: non-torch memory 0.16-0.33 GiB on one GPU, 0.95-1.63 GiB at
+    # TP 2 and 4; CUDA graphs (the estimate vLLM subtracts) up to 0.36 GiB for small models on
+    # one GPU, 1.0-2.4 GiB at TP 2 and 4.
+    assert sizing.gpu_reserve_bytes(1) >= (0.33 + 0.36) * GIB
+    for t in (2, 4, 8):
+        assert sizing.gpu_reserve_bytes(t) >= (1.63 + 2.4) * GIB
+    costs = sizing.costs_for(LLAMA_70B, "cuda")
+    assert costs.tensor_parallel[2].reserve_bytes == sizing.gpu_reserve_bytes(2)
+
+
+def test_the_budget_is_utilization_times_the_total_cuda_reports() -> None:
+    # vLLM requests gpu_memory_utilization x CUDA's total (request_memory), not nvidia-smi's.
+    fit = size(SMOLLM2, gpu(memory_mib=23028, max_model_len=8192))
+    cuda_total = 23028 * MIB - sizing.CUDA_TOTAL_SHORTFALL_BYTES
+    room = cuda_total * 900 // 1000 - 269_060_552 - (8192 * 576 * 32 + 256 * 49152 * 8)
+    room -= sizing.gpu_reserve_bytes(1)
+    assert fit.kv_capacity_tokens == room // SMOLLM2.kv_elements_per_token // 2
+
+
+def test_a_context_limited_by_the_kv_cache_keeps_a_margin_for_vllms_capacity_check() -> None:
+    # Llama-3.1-70B on two H100s at 0.95: the estimated cache holds some 17,000 tokens; the
+    # context takes at most 90% of them (the old sizing gave all of them).
+    fit = size(LLAMA_70B, gpu(count=2, memory_mib=81559, util_permille=950))
+    assert fit.kv_capacity_tokens is not None and fit.max_model_len < 131072
+    assert fit.max_model_len == sizing.align(fit.kv_capacity_tokens * 90 // 100)
+    # An explicit MAX_MODEL_LEN gets the same margin: the whole capacity is refused.
+    with pytest.raises(Refused, match=r"of which a context may take 90% \(\d+ tokens\)"):
+        size(
+            LLAMA_70B,
+            gpu(count=2, memory_mib=81559, util_permille=950),
+            Overrides(max_model_len=sizing.align(fit.kv_capacity_tokens)),
+        )
+    # Two H100s at the profile's 0.92 leave no usable context once the reserve covers TP 2.
+    with pytest.raises(Refused, match=r"4\.2 GiB of reserve \(non-torch memory and CUDA graphs\)"):
+        size(LLAMA_70B, gpu(count=2, memory_mib=81559, util_permille=920))
+
+
 def test_max_model_len_is_capped_by_positions_class_and_cache_and_aligned() -> None:
     assert size(SMOLLM2, gpu()).max_model_len == 8192  # its positions
     assert size(LLAMA_8B, gpu(max_model_len=16384)).max_model_len == 16384  # the class
-    tight = size(LLAMA_8B, gpu(memory_mib=23028))  # the cache
-    assert tight.max_model_len == sizing.align(min(131072, tight.kv_capacity_tokens))
+    tight = size(LLAMA_8B, gpu(memory_mib=23028))  # the cache, less the margin
+    assert tight.max_model_len == sizing.align(min(131072, tight.kv_capacity_tokens * 90 // 100))
     assert tight.max_model_len % sizing.BLOCK_SIZE == 0
 
 
@@ -157,7 +200,7 @@ def test_a_profile_without_room_for_a_usable_context_is_refused_in_numbers() -> 
     message = str(refused.value)
     assert refused.value.fit
     assert "llama-70b does not fit profile l4" in message
-    assert "131.4 GiB of weights" in message and "allows 20.2 GiB per GPU" in message
+    assert "131.4 GiB of weights" in message and "allows 19.4 GiB per GPU" in message
 
 
 def test_a_short_kv_cache_is_refused_with_the_tokens_it_holds() -> None:
@@ -176,8 +219,9 @@ def test_a_short_kv_cache_is_refused_with_the_tokens_it_holds() -> None:
     )
     with pytest.raises(
         Refused,
-        match=r"room for \d+ tokens at 344064 bytes per token, and a "
-        r"usable context of 4096 tokens needs",
+        match=r"room for \d+ tokens at 344064 bytes per token, of which a context may take 90% "
+        r"\(\d+ tokens\) for vLLM's own capacity check to pass, and a usable context of 4096 "
+        r"tokens needs",
     ):
         size(gemma, gpu(memory_mib=23028, max_num_batched_tokens=4096, max_num_seqs=64))
 
@@ -230,14 +274,17 @@ def test_cpu_refuses_gpu_variables_quantizations_and_oversized_models() -> None:
         r"the 16 GiB",
     ):
         size(LLAMA_8B, CPU)
-    assert size(LLAMA_8B, CPU, Overrides(host_memory_gib=40)).host_memory_gib == 40
+    # HOST_MEMORY_GIB cannot lift it past what the profile's nodes give a pod.
+    with pytest.raises(Refused, match="HOST_MEMORY_GIB=40 exceeds the 16 GiB of memory per pod"):
+        size(LLAMA_8B, CPU, Overrides(host_memory_gib=40))
     with pytest.raises(Refused, match="HOST_MEMORY_GIB=8 is less than the 37 GiB"):
         size(LLAMA_8B, CPU, Overrides(host_memory_gib=8))
     deep = dataclasses.replace(SMOLLM2, layers=300)  # 460800 bytes of float32 KV per token
     with pytest.raises(
         Refused,
-        match=r"a 1 GiB KV cache \(CPU_KVCACHE_GIB\) holds 2330 tokens "
-        r"at 460800 bytes per token, and MAX_MODEL_LEN=8192 needs 3\.5 GiB",
+        match=r"a 1 GiB KV cache \(CPU_KVCACHE_GIB\) holds 2330 tokens at 460800 bytes per "
+        r"token, of which a context may take 2176 \(whole 128-token blocks, less the one vLLM "
+        r"holds back\), and MAX_MODEL_LEN=8192 needs 3\.5 GiB",
     ):
         size(deep, CPU, Overrides(cpu_kvcache_gib=1, max_model_len=8192))
 
@@ -268,8 +315,50 @@ def test_overrides_are_checked_like_vllm_checks_them() -> None:
     assert explicit.max_model_len == 5000  # the operator's value, as given
 
 
+def test_overrides_cannot_ask_for_more_than_the_profiles_hardware_has() -> None:
+    # Issue 10: HOST_MEMORY_GIB=99999 (the pod stays Pending), HOST_CPU=9999, GPU_MEMORY_GIB=9999
+    # on custom were accepted.
+    x2 = gpu(name="x2", count=2, memory_mib=81559, host_memory_gib=400, host_max_cpu=128)
+    cases = [
+        (Overrides(host_memory_gib=99999), "HOST_MEMORY_GIB=99999 exceeds the 400 GiB of memory"),
+        (Overrides(host_cpu=9999), "HOST_CPU=9999 exceeds the 128 cores per pod of profile x2"),
+        (Overrides(gpu_count=4), "GPU_COUNT=4 exceeds the 2 GPU(s) per node of profile x2"),
+        (Overrides(gpu_memory_gib=80), "GPU_MEMORY_GIB=80 exceeds the 79 GiB per GPU"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(Refused, match=re.escape(message)) as refused:
+            size(LLAMA_8B, x2, overrides)
+        assert not refused.value.fit  # a bad value, not a lack of room
+    # Up to the bound is the operator's choice.
+    assert size(LLAMA_8B, x2, Overrides(host_memory_gib=400, host_cpu=128)).host_cpu == 128
+    assert size(LLAMA_8B, x2, Overrides(gpu_memory_gib=79)).gpu_memory_mib == 79 * 1024
+    # The custom profile says nothing of its nodes: what any GPU or node has bounds it.
+    custom = gpu(name="custom", count=None, memory_mib=None)  # type: ignore[arg-type]
+    with pytest.raises(Refused, match=r"GPU_MEMORY_GIB=9999 exceeds 288 GiB per GPU, the most "
+                       r"any GPU has"):  # fmt: skip
+        size(LLAMA_8B, custom, Overrides(gpu_count=1, gpu_memory_gib=9999))
+    with pytest.raises(Refused, match=r"HOST_CPU=9999 exceeds 768 cores per pod"):
+        size(LLAMA_8B, custom, Overrides(gpu_count=1, gpu_memory_gib=80, host_cpu=9999))
+    with pytest.raises(Refused, match=r"HOST_MEMORY_GIB=99999 exceeds 6144 GiB"):
+        size(LLAMA_8B, custom, Overrides(gpu_count=1, gpu_memory_gib=80, host_memory_gib=99999))
+    assert size(LLAMA_8B, custom, Overrides(gpu_count=1, gpu_memory_gib=288)).gpus == 1
+
+
+def test_a_max_model_len_below_a_usable_context_is_refused() -> None:
+    # Issue 10: MAX_MODEL_LEN=1 was accepted.
+    for length in (1, 16, 4095):
+        with pytest.raises(Refused, match=rf"MAX_MODEL_LEN={length} is less than the 4096 tokens"):
+            size(LLAMA_8B, gpu(), Overrides(max_model_len=length))
+    assert size(LLAMA_8B, gpu(), Overrides(max_model_len=4096)).max_model_len == 4096
+    # A model with a shorter limit is held to its own: all-MiniLM's 512 positions.
+    with pytest.raises(Refused, match="MAX_MODEL_LEN=128 is less than the 512 tokens"):
+        size(MINILM, gpu(), Overrides(max_model_len=128))
+    assert size(MINILM, CPU, Overrides(max_model_len=512)).max_model_len == 512
+
+
 def test_a_max_model_len_the_cache_cannot_hold_is_refused() -> None:
-    with pytest.raises(Refused, match=r"MAX_MODEL_LEN=131072 needs 16\.0 GiB per GPU"):
+    # 131072 tokens x 128 KiB is 16 GiB, and the margin makes it 17.7.
+    with pytest.raises(Refused, match=r"MAX_MODEL_LEN=131072 needs 17\.7 GiB per GPU"):
         size(LLAMA_8B, gpu(memory_mib=23028), Overrides(max_model_len=131072))
 
 
@@ -346,7 +435,8 @@ def test_every_fit_respects_vllms_rules_and_the_memory_budget(
     assert model.min_context <= fit.max_model_len <= model.max_positions
     assert fit.max_num_batched_tokens >= fit.max_num_seqs
     t = fit.tensor_parallel_size
-    budget = (hw.gpu_memory_mib or 0) * MIB * hw.util_permille // 1000
+    cuda_total = (hw.gpu_memory_mib or 0) * MIB - sizing.CUDA_TOTAL_SHORTFALL_BYTES
+    budget = cuda_total * hw.util_permille // 1000
     # Each term written out from the constants, not read back from the sizing's costs.
     activation = (
         fit.max_num_batched_tokens
@@ -354,16 +444,17 @@ def test_every_fit_respects_vllms_rules_and_the_memory_budget(
         * sizing.ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN
         + fit.max_num_seqs * model.vocab_size * sizing.SAMPLER_BYTES_PER_SEQ_PER_VOCAB
     )
-    used = (
-        sizing.ceil_div(model.weight_bytes, t)
-        + activation
-        + sizing.GPU_RESERVE_BYTES
-        + (sizing.TP_RESERVE_BYTES if t > 1 else 0)
+    reserve = (
+        sizing.TP_NON_TORCH_BYTES + sizing.TP_CUDA_GRAPH_BYTES
+        if t > 1
+        else sizing.NON_TORCH_BYTES + sizing.CUDA_GRAPH_BYTES
     )
+    used = sizing.ceil_div(model.weight_bytes, t) + activation + reserve
     if fit.kv_capacity_tokens is None:
         assert used <= budget
     else:
-        assert fit.max_model_len <= fit.kv_capacity_tokens
+        # A context limited by the cache keeps the margin vLLM's own capacity check needs.
+        assert fit.max_model_len <= fit.kv_capacity_tokens * sizing.KV_USABLE_PERCENT // 100
         assert used + fit.kv_capacity_tokens * fit.kv_bytes_per_token // t <= budget
     assert (fit.shm_gib > 0) == (t > 1)
 
@@ -382,7 +473,7 @@ def test_cpu_dtype_bfloat16_is_sized_at_its_own_bytes_and_only_on_the_cpu() -> N
 def test_a_utilization_vllm_would_refuse_at_start_is_refused_with_the_highest_that_starts() -> None:
     # An L4 (23,028 MiB as nvidia-smi counts it) refused 0.99 in vLLM's own free-memory check.
     l4 = gpu(memory_mib=23028, max_model_len=8192)
-    with pytest.raises(Refused, match=r"GPU_MEMORY_UTILIZATION=0\.99 asks vLLM for 22\.2 GiB .* "
+    with pytest.raises(Refused, match=r"GPU_MEMORY_UTILIZATION=0\.99 asks vLLM for 21\.4 GiB .* "
                        r"use at most 0\.97"):  # fmt: skip
         size(SMOLLM2, l4, Overrides(util_permille=990))
     assert size(SMOLLM2, l4, Overrides(util_permille=970)).util_permille == 970

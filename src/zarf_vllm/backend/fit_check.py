@@ -82,6 +82,7 @@ def check_fit(
         gpu_memory_mib=machine.gpu_memory_mib,
         host_cpu=1,
         host_memory_gib=None,
+        host_max_cpu=None,
         util_permille=round(settings.gpu_memory_utilization * 1000),
         max_model_len=settings.max_model_len or model.max_positions,
         max_num_seqs=settings.max_num_seqs or VLLM_MAX_NUM_SEQS,

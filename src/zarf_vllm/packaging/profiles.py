@@ -60,6 +60,10 @@ class HostSpec(_Strict):
     memory_gib: Annotated[
         int | None, Field(gt=0, description="The most memory a node of this class gives a pod")
     ]
+    max_cpu: Annotated[
+        int | None,
+        Field(gt=0, description="The most cores (logical CPUs) a node of this class gives a pod"),
+    ]
 
 
 class EngineSpec(_Strict):
@@ -113,6 +117,12 @@ class Profile(_Strict):
             raise ValueError("engine.cpu_kvcache_space_gib is required on the CPU, and only there")
         if (self.gpu.count is None) != (self.gpu.memory_mib is None):
             raise ValueError("gpu.count and gpu.memory_mib are both given or both null (custom)")
+        if (self.gpu.count is None) != (self.host.max_cpu is None):
+            raise ValueError("host.max_cpu is null for custom, and only there")
+        hardware = self.hardware
+        default_cpu = hardware.host_cpu * max(hardware.gpu_count or 1, 1)
+        if self.host.max_cpu is not None and default_cpu > self.host.max_cpu:
+            raise ValueError(f"host.max_cpu is less than the {default_cpu} cores the pod asks for")
         return self
 
     @property
@@ -123,6 +133,7 @@ class Profile(_Strict):
             gpu_memory_mib=self.gpu.memory_mib,
             host_cpu=self.host.cpu or self.host.cpu_per_gpu or 1,
             host_memory_gib=self.host.memory_gib,
+            host_max_cpu=self.host.max_cpu,
             util_permille=round(self.engine.gpu_memory_utilization * 1000),
             max_model_len=self.engine.max_model_len,
             max_num_seqs=self.engine.max_num_seqs,
@@ -257,6 +268,10 @@ def costs_values(costs: Costs) -> dict:
 def _hardware_values(hardware: Hardware) -> dict:
     values = _camel_dict(hardware)
     values["flavor"] = hardware.flavor
+    # What each bounded override may reach on this profile (null: only sizing.BOUNDS' own).
+    values["bounds"] = {
+        deploy_variables.camel_case(b.field): hardware.bound(b.field) for b in sizing.BOUNDS
+    }
     return values
 
 
@@ -271,8 +286,10 @@ def _profile_values(
     except Refused as exc:
         fit, refusal = None, str(_with_alternatives(exc, model.id, fits, manifests, profile))
     if fit is not None:
-        kv = "no KV cache" if fit.kv_capacity_tokens is None else (
-            f"KV cache {fit.kv_capacity_tokens} tokens"
+        kv = (
+            "no KV cache"
+            if fit.kv_capacity_tokens is None
+            else (f"KV cache {fit.kv_capacity_tokens} tokens")
         )
         note = (
             f"fits: TP {fit.tensor_parallel_size}, max_model_len {fit.max_model_len}, {kv}, "
@@ -319,7 +336,13 @@ def _constants(chart_dir: Path) -> dict[str, object]:
         "gib": sizing.GIB,
         "mib": sizing.MIB,
         "blockSize": sizing.BLOCK_SIZE,
+        "cpuBlockSize": sizing.CPU_BLOCK_SIZE,
         "usefulKvSequences": sizing.USEFUL_KV_SEQUENCES,
+        "bounds": [
+            {**_camel_dict(bound), "field": deploy_variables.camel_case(bound.field)}
+            for bound in sizing.BOUNDS
+        ],
+        "kvUsablePercent": sizing.KV_USABLE_PERCENT,
         "cpuQuantizations": list(sizing.CPU_QUANTIZATIONS),
         "cudaTotalShortfallBytes": sizing.CUDA_TOTAL_SHORTFALL_BYTES,
         "freeAtStartShortfallBytes": sizing.FREE_AT_START_SHORTFALL_BYTES,
@@ -376,8 +399,7 @@ def render_values(
         profile_names=[p.name for p in profiles],
         fits=fits,
         profiles={
-            p.name: _profile_values(p, model, fits, fitting_manifests(p, catalog))
-            for p in profiles
+            p.name: _profile_values(p, model, fits, fitting_manifests(p, catalog)) for p in profiles
         },
     )
     check_values(yaml.safe_load(text), chart_dir)
