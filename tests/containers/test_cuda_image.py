@@ -14,6 +14,7 @@ import subprocess
 import pytest
 
 import zarf_vllm
+from support.container_deployment import ROOT
 from zarf_vllm.backend.offline import OFFLINE_ENVIRONMENT
 
 pytestmark = pytest.mark.cuda
@@ -162,3 +163,24 @@ def test_the_cuda_model_image_is_the_backend_plus_the_weights(
     assert model["Labels"]["zarf-vllm.cuda.version"] == backend["Labels"]["zarf-vllm.cuda.version"]
     listing = run(cuda_model_image, "-c", f"ls {env['BACKEND_MODEL__PATH']}", entrypoint="/bin/sh")
     assert "config.json" in listing.stdout.split(), listing.stderr
+
+
+def test_check_gpu_node_fails_cleanly_where_there_is_no_nvidia_runtime(
+    cuda_model_image: str,
+) -> None:
+    name_before = _check_containers()
+    done = subprocess.run(
+        [str(ROOT / "scripts/check-gpu-node"), "--docker", "--image", cuda_model_image],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "check-gpu-node: FAILED: the image did not start" in done.stderr
+    assert _check_containers() == name_before  # it removed what it created
+
+
+def _check_containers() -> list[str]:
+    listed = subprocess.run(
+        ["docker", "ps", "-a", "--filter", "name=zarf-vllm-gpu-check-", "--format", "{{.Names}}"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return sorted(listed.stdout.split())
