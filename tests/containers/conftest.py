@@ -128,9 +128,10 @@ def served_backend(
 
 
 # The cuda image (tests/containers/test_cuda_image.py, marker `cuda`) needs a 3.7 GB wheelhouse
-# on top of the CPU image's. It is built when that wheelhouse is already cached, or always with
-# ZARF_VLLM_CUDA_TESTS=1 (then a cold run downloads it); ZARF_VLLM_CUDA_TESTS=0 skips it.
-# CONTRIBUTING.md ("The cuda image in the test run") has the measurements behind this.
+# and about 22 minutes cold on 2 cores. It is built when that wheelhouse is already cached, or
+# always with ZARF_VLLM_CUDA_TESTS=1 (scripts/test sets it: a cold run downloads and builds it);
+# ZARF_VLLM_CUDA_TESTS=0 skips it. CONTRIBUTING.md ("The cuda image in the test run") has the
+# measurements behind this.
 CUDA_TESTS = os.environ.get("ZARF_VLLM_CUDA_TESTS", "auto")
 
 

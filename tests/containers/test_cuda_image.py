@@ -101,8 +101,13 @@ def test_it_holds_vllm_the_cuda_torch_and_the_cuda_libraries(
 def test_the_labels_name_torchs_cuda_and_the_oldest_driver(
     cuda_backend_image: str, contents: dict, cuda_report: dict[str, str]
 ) -> None:
-    labels = inspect(cuda_backend_image)["Labels"]
+    config = inspect(cuda_backend_image)
+    labels = config["Labels"]
     assert labels["zarf-vllm.cuda.version"] == contents["torch_cuda"]
+    # The same two facts where scripts/check-gpu-node reads them, inside the container.
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["ZARF_VLLM_CUDA_VERSION"] == labels["zarf-vllm.cuda.version"]
+    assert env["ZARF_VLLM_CUDA_MIN_DRIVER"] == labels["zarf-vllm.cuda.min-driver"]
     # CUDA 13.x runs on the R580 driver branch and newer (NVIDIA's minor version compatibility).
     assert labels["zarf-vllm.cuda.min-driver"] == "580"
     assert labels["org.opencontainers.image.title"] == "zarf-vllm backend (cuda)"
