@@ -170,6 +170,22 @@ def test_the_cuda_model_image_is_the_backend_plus_the_weights(
     assert "config.json" in listing.stdout.split(), listing.stderr
 
 
+def test_the_driver_check_runs_in_the_image_and_names_the_missing_driver(
+    cuda_backend_image: str,
+) -> None:
+    script = (ROOT / "scripts/check_gpu_driver.py").read_text()
+    done = subprocess.run(
+        ["docker", "run", "-i", *LOCKED_DOWN, "--entrypoint", "/opt/venv/bin/python",
+         cuda_backend_image, "-"],
+        input=script, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "NVML: NVML Shared Library Not Found: no NVIDIA driver in the container "
+        "(is the NVIDIA runtime set up?)"
+    )
+
+
 def test_check_gpu_node_fails_cleanly_where_there_is_no_nvidia_runtime(
     cuda_model_image: str,
 ) -> None:
