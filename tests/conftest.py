@@ -73,6 +73,15 @@ def embedding_model_dir(model_dir_of: Callable[[ModelManifest], Path]) -> Path:
     return model_dir_of(load_manifest(EMBEDDING_MANIFEST))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Registered here, not in pyproject.toml, whose hash decides when scripts/setup reinstalls.
+    config.addinivalue_line(
+        "markers",
+        "cuda: builds and checks the CUDA image without a GPU (a 3.7 GB wheelhouse; see "
+        "CONTRIBUTING.md)",
+    )
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     tests = Path(__file__).parent
     for item in items:

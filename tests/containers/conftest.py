@@ -15,6 +15,7 @@ import os
 # from the build hosts; these fixtures remove their own containers instead.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -124,3 +125,49 @@ def served_backend(
     finally:
         for container in reversed(started):
             container.stop()
+
+
+# The cuda image (tests/containers/test_cuda_image.py, marker `cuda`) needs a 3.7 GB wheelhouse
+# and about 22 minutes cold on 2 cores. It is built when that wheelhouse is already cached, or
+# always with ZARF_VLLM_CUDA_TESTS=1 (scripts/test sets it: a cold run downloads and builds it);
+# ZARF_VLLM_CUDA_TESTS=0 skips it. CONTRIBUTING.md ("The cuda image in the test run") has the
+# measurements behind this.
+CUDA_TESTS = os.environ.get("ZARF_VLLM_CUDA_TESTS", "auto")
+
+
+def _cuda_wheelhouse_cached() -> bool:
+    check = [str(ROOT / "scripts/wheelhouse"), "--flavor", "cuda", "--check"]
+    return subprocess.run(check, cwd=ROOT, capture_output=True, check=False).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def cuda_report() -> dict[str, str]:
+    return REPORT
+
+
+@pytest.fixture(scope="session")
+def cuda_backend_image(docker_engine: None) -> str:
+    if CUDA_TESTS == "0":
+        pytest.skip("ZARF_VLLM_CUDA_TESTS=0")
+    if CUDA_TESTS != "1" and not _cuda_wheelhouse_cached():
+        pytest.skip(
+            "the cuda wheelhouse is not cached: run scripts/wheelhouse --flavor cuda "
+            "(3.7 GB) or set ZARF_VLLM_CUDA_TESTS=1"
+        )
+    tag = run_step(
+        "cuda backend image build", [str(ROOT / "scripts/build-images"), "--flavor", "cuda"], 3600
+    )
+    REPORT["cuda backend image size"] = image_size(tag)
+    return tag
+
+
+@pytest.fixture(scope="session")
+def cuda_model_image(cuda_backend_image: str, demo_weights: Path) -> str:
+    tag = run_step(
+        "cuda model image build",
+        [str(ROOT / "scripts/image"), DEMO_MODEL, "--flavor", "cuda",
+         "--base", cuda_backend_image, "--weights", str(demo_weights)],
+        1800,
+    )  # fmt: skip
+    REPORT["cuda model image size"] = image_size(tag)
+    return tag

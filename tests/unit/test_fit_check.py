@@ -7,7 +7,13 @@ import pytest
 
 from support.paths import DEMO_MANIFEST, EMBEDDING_MANIFEST
 from zarf_vllm.backend.config import ConfigError, EngineSettings
-from zarf_vllm.backend.fit_check import Machine, check_fit, memory_limit_bytes
+from zarf_vllm.backend.fit_check import (
+    Machine,
+    check_fit,
+    check_this_machine,
+    detect_machine,
+    memory_limit_bytes,
+)
 from zarf_vllm.model import sizing
 from zarf_vllm.model.manifest import load_manifest
 
@@ -66,3 +72,21 @@ def test_gpu_settings_need_the_gpus_they_name() -> None:
 def test_the_memory_limit_is_read_or_none() -> None:
     limit = memory_limit_bytes()
     assert limit is None or limit > 0
+
+
+def test_the_cuda_build_without_a_gpu_stops_with_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # vLLM's CUDA build where NVML finds no GPU resolves to its UnspecifiedPlatform; the check
+    # must refuse it with or without a manifest, before the engine fails with a traceback.
+    import vllm.platforms
+    from vllm.platforms.interface import UnspecifiedPlatform
+
+    monkeypatch.setattr(vllm.platforms, "_current_platform", UnspecifiedPlatform())
+    with pytest.raises(ConfigError) as refused:
+        detect_machine()
+    message = str(refused.value)
+    assert message.startswith("no GPU found: this is the CUDA build of vLLM and NVML")
+    assert "NVIDIA container runtime" in message and "\n" not in message
+    with pytest.raises(ConfigError, match="no GPU found"):
+        check_this_machine(CPU_PROFILE, None)

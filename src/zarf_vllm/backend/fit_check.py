@@ -24,6 +24,13 @@ CGROUP_MEMORY_LIMITS = (
 VLLM_MAX_NUM_SEQS = 256
 VLLM_MAX_NUM_BATCHED_TOKENS = 8192
 MACHINE = "this-machine"
+# vLLM's CUDA build on a machine where NVML finds no GPU: vLLM falls back to a platform that
+# cannot run anything and fails later with a traceback. Said once, here, with what to do.
+NO_GPU = (
+    "no GPU found: this is the CUDA build of vLLM and {reason}; run it on a node with an "
+    "NVIDIA GPU, its driver and the NVIDIA container runtime (the pod must request "
+    "nvidia.com/gpu), or use the cpu flavor's image"
+)
 
 
 @dataclass(frozen=True)
@@ -53,11 +60,29 @@ def detect_machine() -> Machine:
     limit = memory_limit_bytes()
     if current_platform.is_cpu():
         return Machine(0, 0, limit)
+    if current_platform.is_unspecified():
+        raise ConfigError(NO_GPU.format(reason=_nvml_says()))
     # Both through NVML, without creating a CUDA context in this (the API) process; NVML's
     # total is nvidia-smi's, the figure the profiles record.
     count = current_platform.device_count()
     memory = current_platform.get_device_total_memory(0) if count else 0
     return Machine(count, memory // sizing.MIB, limit)
+
+
+def _nvml_says() -> str:
+    """Why NVML (the driver's library) sees no GPU, in its own words: "NVML Shared Library Not
+    Found" means no driver was mounted into the container."""
+    try:
+        from vllm.utils.import_utils import import_pynvml
+
+        pynvml = import_pynvml()
+        pynvml.nvmlInit()
+        try:
+            return f"NVML counts {pynvml.nvmlDeviceGetCount()} GPUs"
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception as exc:  # NVML's errors, or no pynvml: the reason is all we want
+        return f"NVML says: {exc}"
 
 
 def check_fit(
@@ -130,10 +155,10 @@ def check_this_machine(settings: EngineSettings, manifest: ModelManifest | None)
     from zarf_vllm.backend.logs import get_logger, log_event
 
     logger = get_logger("fit")
+    machine = detect_machine()  # first: a missing GPU stops start-up with or without a manifest
     if manifest is None:
         log_event(logger, "fit not checked", reason="no model manifest (model.manifest)")
         return
-    machine = detect_machine()
     fit = check_fit(settings, manifest, machine)
     if fit is None:
         log_event(logger, "fit not checked", reason="engine.cpu_kvcache_space_gib is not set")
