@@ -205,6 +205,11 @@ class Engine:
     # -- state --------------------------------------------------------------------------
 
     @property
+    def async_llm(self) -> AsyncLLM:
+        """vLLM's AsyncLLM itself, for vLLM's own OpenAI serving layer (backend/openai)."""
+        return self._llm
+
+    @property
     def dead(self) -> bool:
         return self._llm.errored
 

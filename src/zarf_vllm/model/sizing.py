@@ -500,8 +500,7 @@ def _context_and_batch(costs: Costs, hardware: Hardware, o: Overrides) -> _Deman
     if batched < seqs:
         raise _refused("batchSeqs", batched, seqs, fit=False)
     activation = (
-        costs.activation_bytes_per_batched_token * batched
-        + costs.activation_bytes_per_seq * seqs
+        costs.activation_bytes_per_batched_token * batched + costs.activation_bytes_per_seq * seqs
     )
     return _Demand(required, seqs, batched, activation)
 

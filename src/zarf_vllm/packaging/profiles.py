@@ -271,8 +271,10 @@ def _profile_values(
     except Refused as exc:
         fit, refusal = None, str(_with_alternatives(exc, model.id, fits, manifests, profile))
     if fit is not None:
-        kv = "no KV cache" if fit.kv_capacity_tokens is None else (
-            f"KV cache {fit.kv_capacity_tokens} tokens"
+        kv = (
+            "no KV cache"
+            if fit.kv_capacity_tokens is None
+            else (f"KV cache {fit.kv_capacity_tokens} tokens")
         )
         note = (
             f"fits: TP {fit.tensor_parallel_size}, max_model_len {fit.max_model_len}, {kv}, "
@@ -376,8 +378,7 @@ def render_values(
         profile_names=[p.name for p in profiles],
         fits=fits,
         profiles={
-            p.name: _profile_values(p, model, fits, fitting_manifests(p, catalog))
-            for p in profiles
+            p.name: _profile_values(p, model, fits, fitting_manifests(p, catalog)) for p in profiles
         },
     )
     check_values(yaml.safe_load(text), chart_dir)
