@@ -1,7 +1,7 @@
 """Errors in the OpenAI wire form ({"error": {"message", "type", "param", "code"}}).
 
 vLLM's serving layer answers its own errors in this form (its `ErrorResponse`); the refusals
-this package makes itself (auth, admission, health) use the same model, so a client sees one
+this package makes itself (auth, admission, health) use the same fields, so a client sees one
 shape whatever refused it. Status codes map to the gRPC code names the metrics and logs use for
 both APIs, so one dashboard counts `RESOURCE_EXHAUSTED` whichever API was over the cap.
 """
@@ -46,10 +46,11 @@ def code_of(status: int) -> grpc.StatusCode:
 def error_response(
     status: HTTPStatus, message: str, *, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
-
-    body = ErrorResponse(error=ErrorInfo(message=message, type=_type_of(status), code=status))
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+    # The fields of vLLM's ErrorResponse, written out rather than imported: the first /health
+    # probe comes while the model loads, and importing vLLM on the event loop then would stall
+    # every answer for seconds.
+    error = {"message": message, "type": _type_of(status), "param": None, "code": int(status)}
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 def _type_of(status: HTTPStatus) -> str:

@@ -9,6 +9,7 @@ so request validation and the error bodies are vLLM's, unchanged.
 
 from __future__ import annotations
 
+import asyncio
 from argparse import Namespace
 from typing import Any
 
@@ -38,7 +39,8 @@ async def build_app(llm: Any, model_path: str, served_name: str) -> FastAPI:
     )
     from vllm.entrypoints.serve.exception_handling.register import init_exception_handler
 
-    args = frontend_args(model_path, served_name)
+    # vLLM's parser is large to build; off the event loop, which keeps answering probes.
+    args = await asyncio.to_thread(frontend_args, model_path, served_name)
     engine = ObservedEngine(llm)
     tasks = tuple(await llm.get_supported_tasks())
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
