@@ -97,3 +97,17 @@ def test_manifest_fills_what_the_settings_leave_unset(tmp_path) -> None:
     expected_temperature = manifest.sampling.temperature
     assert defaults.temperature == expected_temperature  # unset: the manifest's
     assert chat_settings(settings, manifest).stop == list(manifest.chat.stop)
+
+
+def test_the_openai_key_comes_from_the_environment_and_never_shows(monkeypatch) -> None:
+    overrides = {"model": {"path": "/m"}}
+    settings = load_settings(None, overrides)
+    assert settings.server.openai_port == 8000 and settings.openai.api_key is None
+    monkeypatch.setenv("BACKEND_OPENAI__API_KEY", "s3cret-key")
+    settings = load_settings(None, overrides)
+    assert settings.openai.api_key is not None
+    assert settings.openai.api_key.get_secret_value() == "s3cret-key"
+    assert "s3cret-key" not in repr(settings) and "s3cret-key" not in str(settings.model_dump())
+    monkeypatch.setenv("BACKEND_OPENAI__API_KEY", " ")
+    with pytest.raises(ConfigError, match=r"openai\.api_key: .*is empty"):
+        load_settings(None, overrides)
