@@ -111,3 +111,19 @@ def test_the_openai_key_comes_from_the_environment_and_never_shows(monkeypatch) 
     monkeypatch.setenv("BACKEND_OPENAI__API_KEY", " ")
     with pytest.raises(ConfigError, match=r"openai\.api_key: .*is empty"):
         load_settings(None, overrides)
+
+
+def test_the_openai_api_samples_with_the_same_defaults(monkeypatch) -> None:
+    from support.paths import DEMO_MANIFEST
+    from zarf_vllm.backend.engine import engine_args
+    from zarf_vllm.backend.runtime import openai_sampling_defaults
+
+    demo = load_manifest(DEMO_MANIFEST)
+    settings = load_settings(None, {"model": {"path": "/m"}, "sampling": {"top_k": 40}})
+    defaults = openai_sampling_defaults(settings, demo)
+    # The manifest's temperature and top_p, the settings' top_k; never max_new_tokens, which
+    # OpenAI requests leave open on purpose.
+    assert defaults == {"temperature": 0.2, "top_p": 0.9, "top_k": 40}
+    args = engine_args(settings, False, "float32", defaults)
+    assert args["override_generation_config"] == defaults
+    assert "override_generation_config" not in engine_args(settings, False, "float32", {})

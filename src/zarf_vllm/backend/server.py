@@ -36,7 +36,13 @@ from zarf_vllm.backend.proto.completion import completion_pb2, completion_pb2_gr
 from zarf_vllm.backend.proto.counting import counting_pb2, counting_pb2_grpc
 from zarf_vllm.backend.proto.embeddings import embeddings_pb2, embeddings_pb2_grpc
 from zarf_vllm.backend.proto.name import name_pb2, name_pb2_grpc
-from zarf_vllm.backend.runtime import Runtime, assemble, is_embedding_model, served_name
+from zarf_vllm.backend.runtime import (
+    Runtime,
+    assemble,
+    is_embedding_model,
+    openai_sampling_defaults,
+    served_name,
+)
 from zarf_vllm.backend.sampling import SamplingRequest
 from zarf_vllm.backend.services.chat import ChatService
 from zarf_vllm.backend.services.completion import CompletionService
@@ -165,7 +171,8 @@ class BackendServer:
     async def load(self) -> None:
         """Loads the engine off the event loop, warms it up, then reports SERVING."""
         log_event(logger, "loading model", path=str(self.settings.model.path))
-        engine = await asyncio.to_thread(Engine.start, self.settings, self.is_embedding)
+        defaults = openai_sampling_defaults(self.settings, self.manifest) if self.openai else None
+        engine = await asyncio.to_thread(Engine.start, self.settings, self.is_embedding, defaults)
         assemble(self.runtime, engine, self.settings, self.manifest)
         self.metrics.watch_engine(engine.unfinished_requests)
         if self.settings.server.warmup:
