@@ -19,6 +19,8 @@ from prometheus_client import start_http_server as _start_http_server
 # (a long generation on a CPU).
 _TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# The `api` label's values (calls.Call.api): both in-flight series exist, at 0, from the start.
+APIS = ("grpc", "openai")
 
 
 class Metrics:
@@ -34,6 +36,8 @@ class Metrics:
         self.in_flight = Gauge(
             "backend_requests_in_flight", "Calls being served now", ["api"], registry=registry
         )
+        for api in APIS:
+            self.in_flight.labels(api)
         self.time_to_first_token = Histogram(
             "backend_time_to_first_token_seconds",
             "From receiving a generation call to its first token",
