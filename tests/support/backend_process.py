@@ -28,7 +28,13 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # Settings that suit the CPU engine on a 2-core test machine.
 CPU_TEST_SETTINGS: dict[str, Any] = {
     "engine": {"enforce_eager": True, "dtype": "float32", "cpu_kvcache_space_gib": 1},
-    "server": {"host": "127.0.0.1", "port": 0, "metrics_port": 0, "engine_check_interval_s": 0.5},
+    "server": {
+        "host": "127.0.0.1",
+        "port": 0,
+        "metrics_port": 0,
+        "openai_port": 0,
+        "engine_check_interval_s": 0.5,
+    },
 }
 
 
@@ -71,6 +77,7 @@ class BackendProcess:
         self.lines: list[str] = []
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.openai_port: int | None = None
         self._listening = threading.Event()
 
     # -- process ------------------------------------------------------------------------
@@ -97,6 +104,7 @@ class BackendProcess:
             event = json_event(line)
             if event and event.get("message") == "listening":
                 self.port, self.metrics_port = event["port"], event["metrics_port"]
+                self.openai_port = event.get("openai_port")
                 self._listening.set()
 
     def wait_listening(self, timeout: float = 60) -> None:

@@ -97,3 +97,33 @@ def test_manifest_fills_what_the_settings_leave_unset(tmp_path) -> None:
     expected_temperature = manifest.sampling.temperature
     assert defaults.temperature == expected_temperature  # unset: the manifest's
     assert chat_settings(settings, manifest).stop == list(manifest.chat.stop)
+
+
+def test_the_openai_key_comes_from_the_environment_and_never_shows(monkeypatch) -> None:
+    overrides = {"model": {"path": "/m"}}
+    settings = load_settings(None, overrides)
+    assert settings.server.openai_port == 8000 and settings.openai.api_key is None
+    monkeypatch.setenv("BACKEND_OPENAI__API_KEY", "s3cret-key")
+    settings = load_settings(None, overrides)
+    assert settings.openai.api_key is not None
+    assert settings.openai.api_key.get_secret_value() == "s3cret-key"
+    assert "s3cret-key" not in repr(settings) and "s3cret-key" not in str(settings.model_dump())
+    monkeypatch.setenv("BACKEND_OPENAI__API_KEY", " ")
+    with pytest.raises(ConfigError, match=r"openai\.api_key: .*is empty"):
+        load_settings(None, overrides)
+
+
+def test_the_openai_api_samples_with_the_same_defaults(monkeypatch) -> None:
+    from support.paths import DEMO_MANIFEST
+    from zarf_vllm.backend.engine import engine_args
+    from zarf_vllm.backend.runtime import openai_sampling_defaults
+
+    demo = load_manifest(DEMO_MANIFEST)
+    settings = load_settings(None, {"model": {"path": "/m"}, "sampling": {"top_k": 40}})
+    defaults = openai_sampling_defaults(settings, demo)
+    # The manifest's temperature and top_p, the settings' top_k; never max_new_tokens, which
+    # OpenAI requests leave open on purpose.
+    assert defaults == {"temperature": 0.2, "top_p": 0.9, "top_k": 40}
+    args = engine_args(settings, False, "float32", defaults)
+    assert args["override_generation_config"] == defaults
+    assert "override_generation_config" not in engine_args(settings, False, "float32", {})

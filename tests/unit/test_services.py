@@ -64,7 +64,8 @@ class Served:
     registry: CollectorRegistry
 
     def metric(self, name: str, **labels: str) -> float:
-        return self.registry.get_sample_value(name, labels) or 0.0
+        # Exact label sets: every call metric names its API, here gRPC.
+        return self.registry.get_sample_value(name, {"api": "grpc", **labels}) or 0.0
 
     def chat(self) -> chat_pb2_grpc.ChatCompletionServiceStub:
         return chat_pb2_grpc.ChatCompletionServiceStub(self.channel)
@@ -121,6 +122,7 @@ async def serve(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AsyncIterato
                 "host": "127.0.0.1",
                 "port": 0,
                 "metrics_port": None,
+                "openai_port": None,  # the OpenAI API needs vLLM's real engine (tests/engine)
                 "stream_interval_ms": 0,  # one chunk per engine output: countable
                 "engine_check_interval_s": 0.05,
             },

@@ -1,4 +1,6 @@
 """Every RPC runs inside one `CallTracker.track()`: admission, status codes, metrics, logs.
+The OpenAI HTTP API goes through the same tracker (`refusal`, `enter`, `leave`), so both APIs
+share one cap on calls in flight, one drain and one log line per call.
 
 Admission is decided before any work: while draining, new calls get UNAVAILABLE; past the
 cap on calls in flight, RESOURCE_EXHAUSTED at once (queueing would only hide the overload
@@ -32,6 +34,8 @@ class Call:
 
     method: str
     request_id: str
+    api: str = "grpc"  # or "openai": the metrics' and logs' `api`
+    http_status: int | None = None  # what an HTTP call answered, logged next to the code
     started: float = field(default_factory=time.perf_counter)
     created: int = field(default_factory=lambda: int(time.time()))  # Unix time, for responses
     prompt_tokens: int = 0
@@ -66,20 +70,11 @@ class CallTracker:
     ) -> AsyncIterator[Call]:
         """Runs one call; `admit=False` for cheap calls that bypass the in-flight cap."""
         call = Call(method=method, request_id=uuid.uuid4().hex)
-        if not self.accepting and not self.draining:
-            self._count(call, grpc.StatusCode.UNAVAILABLE)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading")
-        if self.draining:
-            self._count(call, grpc.StatusCode.UNAVAILABLE)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
-        if admit and self.in_flight >= self._max_in_flight:
-            self._count(call, grpc.StatusCode.RESOURCE_EXHAUSTED)
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the server is at its limit of {self._max_in_flight} calls in flight; "
-                "retry with backoff",
-            )
-        self._enter()
+        refused = self.refusal(admit=admit)
+        if refused is not None:
+            self._count(call, refused[0])
+            await context.abort(*refused)
+        self._enter(call)
         code, message = grpc.StatusCode.OK, ""
         try:
             yield call
@@ -108,14 +103,39 @@ class CallTracker:
         if code is not grpc.StatusCode.OK:
             await context.abort(code, message)
 
-    def _enter(self) -> None:
+    def refusal(self, *, admit: bool = True) -> tuple[grpc.StatusCode, str] | None:
+        """Why a new call is refused now (code and message), or None when it may start."""
+        if not self.accepting and not self.draining:
+            return grpc.StatusCode.UNAVAILABLE, "the model is still loading"
+        if self.draining:
+            return grpc.StatusCode.UNAVAILABLE, "the server is shutting down"
+        if admit and self.in_flight >= self._max_in_flight:
+            return (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the server is at its limit of {self._max_in_flight} calls in flight; "
+                "retry with backoff",
+            )
+        return None
+
+    def refuse(self, call: Call, code: grpc.StatusCode) -> None:
+        """Counts and logs a call refused before it started (for front ends other than gRPC)."""
+        self._count(call, code)
+
+    def enter(self, call: Call) -> None:
+        """A call admitted by a front end other than gRPC starts; `leave` must follow."""
+        self._enter(call)
+
+    def leave(self, call: Call, code: grpc.StatusCode) -> None:
+        self._leave(call, code)
+
+    def _enter(self, call: Call) -> None:
         self.in_flight += 1
         self._idle.clear()
-        self._metrics.in_flight.inc()
+        self._metrics.in_flight.labels(call.api).inc()
 
     def _leave(self, call: Call, code: grpc.StatusCode) -> None:
         self.in_flight -= 1
-        self._metrics.in_flight.dec()
+        self._metrics.in_flight.labels(call.api).dec()
         if self.in_flight == 0:
             self._idle.set()
         self._count(call, code)
@@ -123,27 +143,31 @@ class CallTracker:
     def _count(self, call: Call, code: grpc.StatusCode) -> None:
         ended = time.perf_counter()
         metrics = self._metrics
-        metrics.requests.labels(call.method, code.name).inc()
-        metrics.duration.labels(call.method).observe(ended - call.started)
+        api, method = call.api, call.method
+        metrics.requests.labels(api, method, code.name).inc()
+        metrics.duration.labels(api, method).observe(ended - call.started)
         ttft_ms = None
         if call.first_token_at is not None:
-            metrics.time_to_first_token.labels(call.method).observe(
+            metrics.time_to_first_token.labels(api, method).observe(
                 call.first_token_at - call.started
             )
             ttft_ms = round((call.first_token_at - call.started) * 1000, 2)
         if call.prompt_tokens:
-            metrics.prompt_tokens.labels(call.method).inc(call.prompt_tokens)
+            metrics.prompt_tokens.labels(api, method).inc(call.prompt_tokens)
         if call.completion_tokens:
-            metrics.completion_tokens.labels(call.method).inc(call.completion_tokens)
-        fields = {
+            metrics.completion_tokens.labels(api, method).inc(call.completion_tokens)
+        fields: dict[str, object] = {
             "id": call.request_id,
-            "method": call.method,
+            "api": api,
+            "method": method,
             "status": code.name,
             "prompt_tokens": call.prompt_tokens,
             "completion_tokens": call.completion_tokens,
             "ttft_ms": ttft_ms,
             "duration_ms": round((ended - call.started) * 1000, 2),
         }
+        if call.http_status is not None:
+            fields["http_status"] = call.http_status
         if self._log_prompts and call.prompt_text is not None:
             fields["prompt"] = call.prompt_text
         log_event(logger, "request", logging.INFO, **fields)

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -124,6 +132,10 @@ class ServerSettings(_Section):
     metrics_port: Annotated[
         int | None, Field(ge=0, le=65535, description="Prometheus port; null disables")
     ] = 9090
+    openai_port: Annotated[
+        int | None,
+        Field(ge=0, le=65535, description="OpenAI-compatible HTTP API's port; null disables"),
+    ] = 8000
     warmup: Annotated[bool, Field(description="Serve one request before reporting SERVING")] = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_prompts: Annotated[bool, Field(description="Include prompt text in request logs")] = False
@@ -141,6 +153,26 @@ class ServerSettings(_Section):
     ] = 50.0
 
 
+class OpenAISettings(_Section):
+    """The OpenAI-compatible HTTP API (its port is `server.openai_port`)."""
+
+    api_key: Annotated[
+        SecretStr | None,
+        Field(
+            description="Bearer key every /v1 call must send; null: no key "
+            "(BACKEND_OPENAI__API_KEY, which the chart fills from a Secret)",
+        ),
+    ] = None
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_empty(cls, key: SecretStr | None) -> SecretStr | None:
+        # An empty Secret must not quietly open the API to everyone.
+        if key is not None and not key.get_secret_value().strip():
+            raise ValueError("is empty: give the key, or leave it unset for an API without one")
+        return key
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -155,6 +187,7 @@ class Settings(BaseSettings):
     chat: ChatSettings = ChatSettings()
     limits: LimitSettings = LimitSettings()
     server: ServerSettings = ServerSettings()
+    openai: OpenAISettings = OpenAISettings()
 
     @model_validator(mode="after")
     def _model_path_given(self) -> Settings:

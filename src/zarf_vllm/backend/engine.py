@@ -60,8 +60,17 @@ def resolve_dtype(requested: str, *, on_cpu: bool, quantized: bool) -> str:
     return sizing.cpu_dtype(quantized)
 
 
-def engine_args(settings: Settings, is_embedding: bool, dtype: str) -> dict[str, Any]:
-    """Maps the engine section of the settings onto vLLM's AsyncEngineArgs keywords."""
+def engine_args(
+    settings: Settings,
+    is_embedding: bool,
+    dtype: str,
+    sampling_defaults: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Maps the engine section of the settings onto vLLM's AsyncEngineArgs keywords.
+
+    `sampling_defaults` (the settings' and manifest's, see runtime.openai_sampling_defaults)
+    become vLLM's `override_generation_config`: only vLLM's OpenAI serving layer reads it, as
+    its defaults for fields a request leaves unset; the gRPC services pass every field."""
     engine = settings.engine
     args: dict[str, Any] = {
         "model": str(settings.model.path),
@@ -87,6 +96,8 @@ def engine_args(settings: Settings, is_embedding: bool, dtype: str) -> dict[str,
     args.update({key: value for key, value in optional.items() if value is not None})
     if is_embedding:
         args["runner"] = "pooling"
+    if sampling_defaults:
+        args["override_generation_config"] = dict(sampling_defaults)
     return args
 
 
@@ -105,7 +116,12 @@ class Engine:
         self._pooling_params = PoolingParams
 
     @classmethod
-    def start(cls, settings: Settings, is_embedding: bool) -> Engine:
+    def start(
+        cls,
+        settings: Settings,
+        is_embedding: bool,
+        sampling_defaults: dict[str, Any] | None = None,
+    ) -> Engine:
         """Loads the model; blocks until the engine core is up (seconds to minutes)."""
         if settings.engine.cpu_kvcache_space_gib is not None:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.engine.cpu_kvcache_space_gib)
@@ -120,7 +136,7 @@ class Engine:
         )
         if dtype != requested:
             log_event(logger, "engine dtype chosen", requested=requested, dtype=dtype)
-        args = engine_args(settings, is_embedding, dtype)
+        args = engine_args(settings, is_embedding, dtype, sampling_defaults)
         llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
 
         model_config = llm.model_config
@@ -203,6 +219,11 @@ class Engine:
         return list(await asyncio.gather(*(one(ids) for ids in inputs)))
 
     # -- state --------------------------------------------------------------------------
+
+    @property
+    def async_llm(self) -> AsyncLLM:
+        """vLLM's AsyncLLM itself, for vLLM's own OpenAI serving layer (backend/openai)."""
+        return self._llm
 
     @property
     def dead(self) -> bool:

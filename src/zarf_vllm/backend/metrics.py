@@ -1,4 +1,7 @@
-"""Prometheus metrics of the gRPC front end, served with vLLM's own engine metrics.
+"""Prometheus metrics of the front ends, served with vLLM's own engine metrics.
+
+Every call metric carries an `api` label: `grpc` (the LeapfrogAI contract) or `openai` (the
+OpenAI-compatible HTTP API), so one dashboard shows both and each apart.
 
 vLLM registers its `vllm:*` metrics (queue depth, KV-cache usage, token throughput...) in
 prometheus_client's default registry when stats logging is on, so one HTTP endpoint on the
@@ -16,6 +19,8 @@ from prometheus_client import start_http_server as _start_http_server
 # (a long generation on a CPU).
 _TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# The `api` label's values (calls.Call.api): both in-flight series exist, at 0, from the start.
+APIS = ("grpc", "openai")
 
 
 class Metrics:
@@ -24,32 +29,34 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.requests = Counter(
             "backend_requests",
-            "gRPC calls by method and final status code",
-            ["method", "code"],
+            "Calls by API, method and final status code (gRPC code names for both APIs)",
+            ["api", "method", "code"],
             registry=registry,
         )
         self.in_flight = Gauge(
-            "backend_requests_in_flight", "gRPC calls being served now", registry=registry
+            "backend_requests_in_flight", "Calls being served now", ["api"], registry=registry
         )
+        for api in APIS:
+            self.in_flight.labels(api)
         self.time_to_first_token = Histogram(
             "backend_time_to_first_token_seconds",
             "From receiving a generation call to its first token",
-            ["method"],
+            ["api", "method"],
             buckets=_TTFT_BUCKETS,
             registry=registry,
         )
         self.duration = Histogram(
             "backend_request_duration_seconds",
             "From receiving a call to its end",
-            ["method"],
+            ["api", "method"],
             buckets=_DURATION_BUCKETS,
             registry=registry,
         )
         self.prompt_tokens = Counter(
-            "backend_prompt_tokens", "Prompt tokens processed", ["method"], registry=registry
+            "backend_prompt_tokens", "Prompt tokens processed", ["api", "method"], registry=registry
         )
         self.completion_tokens = Counter(
-            "backend_completion_tokens", "Tokens generated", ["method"], registry=registry
+            "backend_completion_tokens", "Tokens generated", ["api", "method"], registry=registry
         )
         self.engine_unfinished = Gauge(
             "backend_engine_unfinished_requests",

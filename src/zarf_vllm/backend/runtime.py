@@ -112,6 +112,22 @@ def sampling_defaults(settings: Settings, manifest: ModelManifest | None) -> Sam
     return SamplingSettings.model_validate({**configured.model_dump(), **merged})
 
 
+# The sampling defaults that also mean the same in OpenAI requests (max_new_tokens does not:
+# an OpenAI request without max_tokens runs to a stop or the end of the context).
+_OPENAI_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty")
+
+
+def openai_sampling_defaults(
+    settings: Settings, manifest: ModelManifest | None
+) -> dict[str, float | int]:
+    """The same defaults as the gRPC side's, for the OpenAI API's requests (vLLM reads them as
+    its generation config), so both APIs sample alike where a client leaves a field unset."""
+    defaults = sampling_defaults(settings, manifest).model_dump(
+        include=set(_OPENAI_SAMPLING_FIELDS)
+    )
+    return {key: value for key, value in defaults.items() if value is not None}
+
+
 def chat_settings(settings: Settings, manifest: ModelManifest | None) -> ChatSettings:
     """The manifest's chat format and stop strings, unless the settings say otherwise."""
     configured = settings.chat

@@ -6,6 +6,10 @@
 4. On SIGTERM: NOT_SERVING, new calls UNAVAILABLE, calls in flight finish (bounded by the drain
    timeout), the engine stops, exit 0. If the engine dies: NOT_SERVING and exit 1, so
    Kubernetes restarts the pod.
+
+The OpenAI-compatible HTTP API (backend/openai), when its port is set, follows the same steps
+on the same engine and the same call tracker: it listens in step 1, is attached in step 3
+before SERVING, and stops after the drain.
 """
 
 from __future__ import annotations
@@ -25,13 +29,20 @@ from zarf_vllm.backend.config import Settings
 from zarf_vllm.backend.engine import Engine, EngineDeadError
 from zarf_vllm.backend.logs import get_logger, log_event
 from zarf_vllm.backend.metrics import Metrics, serve_metrics
+from zarf_vllm.backend.openai.frontend import OpenAIFrontend
 from zarf_vllm.backend.prompts import Message
 from zarf_vllm.backend.proto.chat import chat_pb2, chat_pb2_grpc
 from zarf_vllm.backend.proto.completion import completion_pb2, completion_pb2_grpc
 from zarf_vllm.backend.proto.counting import counting_pb2, counting_pb2_grpc
 from zarf_vllm.backend.proto.embeddings import embeddings_pb2, embeddings_pb2_grpc
 from zarf_vllm.backend.proto.name import name_pb2, name_pb2_grpc
-from zarf_vllm.backend.runtime import Runtime, assemble, is_embedding_model, served_name
+from zarf_vllm.backend.runtime import (
+    Runtime,
+    assemble,
+    is_embedding_model,
+    openai_sampling_defaults,
+    served_name,
+)
 from zarf_vllm.backend.sampling import SamplingRequest
 from zarf_vllm.backend.services.chat import ChatService
 from zarf_vllm.backend.services.completion import CompletionService
@@ -79,6 +90,11 @@ class BackendServer:
             ]
         )
         self.services = self._add_services()
+        self.openai = (
+            None
+            if settings.server.openai_port is None
+            else OpenAIFrontend(settings, self.calls, self.served_name)
+        )
         self._stop = asyncio.Event()
         self._exit_code = EXIT_OK
         self.port: int | None = None
@@ -138,6 +154,8 @@ class BackendServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {address}: is the port taken?")
         await self.server.start()
+        if self.openai is not None:
+            await self.openai.start()
         metrics_port = None
         if server_settings.metrics_port is not None:
             metrics_port = serve_metrics(server_settings.host, server_settings.metrics_port)
@@ -146,17 +164,21 @@ class BackendServer:
             "listening",
             port=self.port,
             metrics_port=metrics_port,
+            openai_port=None if self.openai is None else self.openai.port,
             services=list(self.services.names),
         )
 
     async def load(self) -> None:
         """Loads the engine off the event loop, warms it up, then reports SERVING."""
         log_event(logger, "loading model", path=str(self.settings.model.path))
-        engine = await asyncio.to_thread(Engine.start, self.settings, self.is_embedding)
+        defaults = openai_sampling_defaults(self.settings, self.manifest) if self.openai else None
+        engine = await asyncio.to_thread(Engine.start, self.settings, self.is_embedding, defaults)
         assemble(self.runtime, engine, self.settings, self.manifest)
         self.metrics.watch_engine(engine.unfinished_requests)
         if self.settings.server.warmup:
             await self._warm_up(engine)
+        if self.openai is not None:
+            await self.openai.attach(engine)
         self.calls.accepting = True
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log_event(
@@ -224,10 +246,15 @@ class BackendServer:
                     timeout_s=timeout,
                 )
         await self.server.stop(grace=1.0)
+        await self.stop_openai()
         if self.runtime.engine is not None:
             self.runtime.engine.shutdown()
         log_event(logger, "stopped", exit_code=self._exit_code)
         return self._exit_code
+
+    async def stop_openai(self) -> None:
+        if self.openai is not None:
+            await self.openai.stop()
 
 
 async def run(settings: Settings, manifest: ModelManifest | None) -> int:
@@ -249,6 +276,7 @@ async def run(settings: Settings, manifest: ModelManifest | None) -> int:
     elif loading.done():
         stopping.cancel()
         await backend.server.stop(grace=None)
+        await backend.stop_openai()
         raise loading.exception()  # type: ignore[misc]
     else:
         # Stopped while loading: nothing is in flight, there is nothing to drain.

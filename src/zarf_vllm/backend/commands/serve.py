@@ -1,4 +1,4 @@
-"""`backend serve`: run the gRPC backend until SIGTERM."""
+"""`backend serve`: run the gRPC backend (and the OpenAI-compatible API) until SIGTERM."""
 
 from __future__ import annotations
 
@@ -27,6 +27,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--metrics-port", type=int, help="Prometheus port (server.metrics_port, default 9090)"
     )
+    parser.add_argument(
+        "--openai-port",
+        type=int,
+        help="OpenAI-compatible HTTP API's port (server.openai_port, default 8000)",
+    )
     parser.add_argument("--config", type=Path, help="YAML settings file (or BACKEND_CONFIG)")
     parser.set_defaults(func=run)
 
@@ -39,6 +44,7 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
         ("server", "host"): args.host,
         ("server", "port"): args.port,
         ("server", "metrics_port"): args.metrics_port,
+        ("server", "openai_port"): args.openai_port,
     }
     overrides: dict[str, Any] = {}
     for (section, key), value in flags.items():
