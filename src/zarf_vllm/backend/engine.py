@@ -66,8 +66,8 @@ def resolve_enforce_eager(requested: bool | None, *, on_cpu: bool) -> bool:
 
     On the CPU, bench/serving.py (tiny Llama, 32 streams, a shared 2-core avx512_bf16 host)
     found no throughput to gain from compiling: raw 6,137 against 6,069 tokens/s, and served
-    over raw 0.77-0.83x compiled against 0.72-0.85x eager, in the same run; start to SERVING
-    took 75 s compiled against 27 s eager. (Runs on the busier host scattered both ways.)"""
+    over raw 0.77-0.83x compiled against 0.72-0.85x eager, in the same run (other runs on the
+    busier host scattered both ways); start to SERVING took 52-75 s compiled, 26-31 s eager."""
     if requested is not None:
         return requested
     return on_cpu
