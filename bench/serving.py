@@ -1,7 +1,7 @@
 """Front-end cost of the gRPC backend, against vLLM's AsyncLLM alone and vLLM's OpenAI server.
 
-One workload: N concurrent greedy streaming chats, each generating exactly --tokens tokens
-(EOS is banned with a logit bias), in waves.
+One workload: N concurrent streaming chats, each generating exactly --tokens tokens (EOS is
+banned with a logit bias), in waves.
 
 On these 2-core machines, two engine processes started one after the other can differ by 40%
 in raw speed (where the OS places the engine core next to vLLM's pinned worker). So each server
@@ -10,13 +10,31 @@ hosts the server alternates waves driven straight into its AsyncLLM ("raw") with
 through the server by a client in another process ("served"). The ratio served/raw is then free
 of the placement noise. The systems:
 
-  ours    our gRPC server (BackendServer, asyncio loop, INFO request logs as in production)
-  openai  vLLM's own OpenAI-compatible server (its FastAPI app on uvloop, as `vllm serve` runs)
+  ours    our gRPC server (BackendServer, asyncio loop, INFO request logs as in production),
+          once per configuration (--configs):
+            default  the server's own defaults (config.py: dtype auto, torch.compile, the
+                     default stream interval), clients sampling at temperature 0.8
+            tuned    float32, enforce_eager, greedy clients (what this benchmark measured alone
+                     before)
+            eager    the defaults with enforce_eager: true
+            compiled the defaults with enforce_eager: false (torch.compile; the default on
+                     the CPU before this benchmark measured it)
+            nobind   the defaults with VLLM_CPU_OMP_THREADS_BIND=nobind: vLLM-CPU's OpenMP
+                     threads unpinned (by default it pins them and keeps one core free)
+          and per configuration two client patterns (--channels): one channel shared by every
+          call ("shared"), and a new channel, so a new connection, per call ("per-call", what
+          the LeapfrogAI API does).
+  openai  vLLM's own OpenAI-compatible server (its FastAPI app on uvloop, as `vllm serve` runs),
+          on the tuned configuration
+
+The raw baseline samples as the served waves do, so served/raw is the front end's cost; raw
+tokens/s across configurations (each in its own process) compares the engines, noisily.
 
 Memory: the resident set of each server's front-end process (the engine core is a separate
 process in every case) minus that of a process holding only AsyncLLM.
 
     .venv/bin/python bench/serving.py [--concurrency 32 128] [--tokens 128] [--rounds 3]
+        [--configs default tuned] [--channels shared per-call] [--skip-openai]
 """
 
 from __future__ import annotations
@@ -38,6 +56,27 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
 ENGINE = {"enforce_eager": True, "dtype": "float32", "max_model_len": 1024, "seed": 0}
+
+
+@dataclass(frozen=True)
+class Config:
+    """One way to run our server: engine settings over the defaults, the clients' temperature,
+    and environment for the host process."""
+
+    engine: dict
+    temperature: float
+    env: dict
+
+
+# The clients' temperature for "default": what the issue measured; LeapfrogAI sends 1.0.
+CONFIGS = {
+    "default": Config({}, 0.8, {}),
+    "tuned": Config({"enforce_eager": True, "dtype": "float32"}, 0.0, {}),
+    "eager": Config({"enforce_eager": True}, 0.8, {}),
+    "compiled": Config({"enforce_eager": False}, 0.8, {}),
+    "nobind": Config({}, 0.8, {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}),
+}
+CHANNELS = ("shared", "per-call")
 KV_CACHE_GIB = "2"
 RESULT = "RESULT "  # marks our lines on stdout, where vLLM may log too
 
@@ -74,7 +113,7 @@ def rss_mb() -> float:
 # -- the raw workload, straight into an AsyncLLM ------------------------------------------
 
 
-async def raw_wave(llm, concurrency: int, tokens: int, tag: str) -> Wave:
+async def raw_wave(llm, concurrency: int, tokens: int, tag: str, temperature: float) -> Wave:
     from vllm import SamplingParams
     from vllm.inputs.engine import tokens_input
     from vllm.sampling_params import RequestOutputKind
@@ -82,7 +121,7 @@ async def raw_wave(llm, concurrency: int, tokens: int, tag: str) -> Wave:
     tokenizer = llm.get_tokenizer()
     params = SamplingParams(
         max_tokens=tokens,
-        temperature=0,
+        temperature=temperature,
         logit_bias={tokenizer.eos_token_id: -100},
         output_kind=RequestOutputKind.DELTA,
     )
@@ -106,34 +145,47 @@ async def raw_wave(llm, concurrency: int, tokens: int, tag: str) -> Wave:
 
 async def alternate(
     llm,
-    served_wave: Callable[[int], Awaitable[Wave]],
+    served_waves: dict[str, Callable[[int], Awaitable[Wave]]],
     concurrencies: list[int],
     tokens: int,
     rounds: int,
+    temperature: float,
 ) -> None:
-    """raw, served, raw, served...: the first pair warms up and is not counted."""
+    """raw, then each served pattern, again and again: the first round warms up, uncounted."""
     for concurrency in concurrencies:
-        raw, served = [], []
+        raw: list[dict] = []
+        served: dict[str, list[dict]] = {name: [] for name in served_waves}
         for round_ in range(rounds + 1):
             cpu = time.process_time()
-            r = await raw_wave(llm, concurrency, tokens, f"raw-{concurrency}-{round_}")
-            r.host_cpu_s, cpu = time.process_time() - cpu, time.process_time()
-            s = await served_wave(concurrency)
-            s.host_cpu_s = time.process_time() - cpu
+            tag = f"raw-{concurrency}-{round_}"
+            r = await raw_wave(llm, concurrency, tokens, tag, temperature)
+            r.host_cpu_s = time.process_time() - cpu
             if round_:
                 raw.append(asdict(r))
-                served.append(asdict(s))
+            for name, served_wave in served_waves.items():
+                cpu = time.process_time()
+                s = await served_wave(concurrency)
+                s.host_cpu_s = time.process_time() - cpu
+                if round_:
+                    served[name].append(asdict(s))
         report_result(
             {"concurrency": concurrency, "raw": raw, "served": served, "rss_mb": rss_mb()}
         )
 
 
-async def client_wave(role: str, address: str, concurrency: int, tokens: int) -> Wave:
+async def client_wave(
+    role: str,
+    address: str,
+    concurrency: int,
+    tokens: int,
+    channel: str = "shared",
+    temperature: float = 0.0,
+) -> Wave:
     """One wave from a client in its own process, as a real client would be."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--role", role, "--address", address,
-        "--concurrency", str(concurrency), "--tokens", str(tokens),
-        stdout=asyncio.subprocess.PIPE,
+        "--concurrency", str(concurrency), "--tokens", str(tokens), "--channels", channel,
+        "--temperature", str(temperature), stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     stdout, _ = await process.communicate()
     if process.returncode:
@@ -152,12 +204,19 @@ async def host_raw(model: Path, concurrencies: list[int], tokens: int, rounds: i
     llm = AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(model), **ENGINE))
     for concurrency in concurrencies:
         for round_ in range(rounds + 1):
-            await raw_wave(llm, concurrency, tokens, f"raw-{concurrency}-{round_}")
+            await raw_wave(llm, concurrency, tokens, f"raw-{concurrency}-{round_}", 0.0)
     report_result({"rss_mb": rss_mb()})
     llm.shutdown()
 
 
-async def host_ours(model: Path, concurrencies: list[int], tokens: int, rounds: int) -> None:
+async def host_ours(
+    model: Path,
+    concurrencies: list[int],
+    tokens: int,
+    rounds: int,
+    config: str,
+    channels: list[str],
+) -> None:
     from zarf_vllm.backend.config import Settings
     from zarf_vllm.backend.logs import configure_logging
     from zarf_vllm.backend.offline import force_offline
@@ -165,31 +224,32 @@ async def host_ours(model: Path, concurrencies: list[int], tokens: int, rounds: 
 
     force_offline()
     configure_logging("INFO")
+    server = {"host": "127.0.0.1", "port": 0, "metrics_port": None}
+    if "BENCH_STREAM_INTERVAL_MS" in os.environ:
+        server["stream_interval_ms"] = float(os.environ["BENCH_STREAM_INTERVAL_MS"])
     settings = Settings.model_validate(
         {
             "model": {"path": str(model)},
-            "engine": {**ENGINE, "cpu_kvcache_space_gib": int(KV_CACHE_GIB)},
+            # The model's whole context is 1024; the seed is the settings' default.
+            "engine": {**CONFIGS[config].engine, "cpu_kvcache_space_gib": int(KV_CACHE_GIB)},
             "limits": {"max_in_flight": 4096},
-            "server": {
-                "host": "127.0.0.1",
-                "port": 0,
-                "metrics_port": None,
-                "stream_interval_ms": float(os.environ.get("BENCH_STREAM_INTERVAL_MS", "50")),
-            },
+            "server": server,
         }
     )
     backend = BackendServer(settings, None)
     await backend.start()
-    await backend.load()
+    loading = time.perf_counter()
+    await backend.load()  # engine start, warm-up request: until SERVING
+    report_result({"load_s": time.perf_counter() - loading})
     address = f"127.0.0.1:{backend.port}"
     llm = backend.runtime.require_engine()._llm
-    await alternate(
-        llm,
-        lambda n: client_wave("grpc-client", address, n, tokens),
-        concurrencies,
-        tokens,
-        rounds,
-    )
+
+    def wave(channel: str) -> Callable[[int], Awaitable[Wave]]:
+        temperature = CONFIGS[config].temperature
+        return lambda n: client_wave("grpc-client", address, n, tokens, channel, temperature)
+
+    waves = {channel: wave(channel) for channel in channels}
+    await alternate(llm, waves, concurrencies, tokens, rounds, CONFIGS[config].temperature)
     await backend.server.stop(None)
     llm.shutdown()
 
@@ -215,10 +275,11 @@ async def host_openai(model: Path, concurrencies: list[int], tokens: int, rounds
     await wait_for_http(f"http://127.0.0.1:{port}/health", serving)
     await alternate(
         llm,
-        lambda n: client_wave("http-client", f"127.0.0.1:{port}", n, tokens),
+        {"shared": lambda n: client_wave("http-client", f"127.0.0.1:{port}", n, tokens)},
         concurrencies,
         tokens,
         rounds,
+        CONFIGS["tuned"].temperature,
     )
     serving.cancel()
     llm.shutdown()
@@ -242,38 +303,52 @@ async def wait_for_http(url: str, serving: asyncio.Task) -> None:
 # -- clients: one wave each, cheap parsing so the client's own cost stays small ------------
 
 
-async def grpc_client(address: str, concurrency: int, tokens: int) -> Wave:
+async def grpc_client(
+    address: str, concurrency: int, tokens: int, channel: str, temperature: float
+) -> Wave:
     import grpc
 
     from zarf_vllm.backend.proto.chat import chat_pb2
 
-    async with grpc.aio.insecure_channel(address) as channel:
+    method = "/chat.ChatCompletionStreamService/ChatCompleteStream"
+    eos = int(os.environ.get("BENCH_EOS", "0"))
+
+    def open_stream(channel: grpc.aio.Channel):
         # Raw bytes in: only the last message is parsed (for the usage).
-        stream = channel.unary_stream(
-            "/chat.ChatCompletionStreamService/ChatCompleteStream",
+        return channel.unary_stream(
+            method,
             request_serializer=chat_pb2.ChatCompletionRequest.SerializeToString,
             response_deserializer=None,
         )
-        eos = int(os.environ.get("BENCH_EOS", "0"))
-        # Connected before the clock starts: a real client (the LeapfrogAI API) keeps its
-        # channel, so connection set-up is not a per-request cost of the front end.
-        await channel.channel_ready()
 
-        async def one(i: int) -> tuple[float, int]:
-            request = chat_pb2.ChatCompletionRequest(
-                chat_items=[chat_pb2.ChatItem(role=chat_pb2.USER, content=prompt_text(i))],
-                max_new_tokens=tokens, temperature=0, logit_bias={str(eos): -100},
-            )  # fmt: skip
-            started = time.perf_counter()
-            first, last = None, b""
-            async for message in stream(request):
+    async def one(shared: grpc.aio.Channel | None, i: int) -> tuple[float, int]:
+        request = chat_pb2.ChatCompletionRequest(
+            chat_items=[chat_pb2.ChatItem(role=chat_pb2.USER, content=prompt_text(i))],
+            max_new_tokens=tokens, temperature=temperature, logit_bias={str(eos): -100},
+        )  # fmt: skip
+        started = time.perf_counter()
+        first, last = None, b""
+        if shared is None:
+            # The LeapfrogAI API's pattern: a channel (so a connection) per call, set up on
+            # the clock, since every request pays for it.
+            async with grpc.aio.insecure_channel(address) as own:
+                async for message in open_stream(own)(request):
+                    first = first or time.perf_counter()
+                    last = message
+        else:
+            async for message in open_stream(shared)(request):
                 first = first or time.perf_counter()
                 last = message
-            usage = chat_pb2.ChatCompletionResponse.FromString(last).usage
-            return (first or started) - started, usage.completion_tokens
+        usage = chat_pb2.ChatCompletionResponse.FromString(last).usage
+        return (first or started) - started, usage.completion_tokens
 
+    async with grpc.aio.insecure_channel(address) as shared:
+        # Connected before the clock starts: a client that keeps its channel pays for the
+        # connection once, not per request.
+        await shared.channel_ready()
         started = time.perf_counter()
-        done = await asyncio.gather(*(one(i) for i in range(concurrency)))
+        own = shared if channel == "shared" else None
+        done = await asyncio.gather(*(one(own, i) for i in range(concurrency)))
     return Wave(sum(c for _, c in done), time.perf_counter() - started, [t for t, _ in done])
 
 
@@ -318,13 +393,18 @@ async def http_client(address: str, concurrency: int, tokens: int) -> Wave:
 # -- the orchestrator ----------------------------------------------------------------------
 
 
-def run_host(role: str, model: Path, eos: int, args: argparse.Namespace) -> list[dict]:
+def run_host(
+    role: str, model: Path, eos: int, args: argparse.Namespace, config: str = "tuned"
+) -> list[dict]:
     command = [sys.executable, __file__, "--role", role, "--model", str(model),
                "--tokens", str(args.tokens), "--rounds", str(args.rounds),
-               "--concurrency", *map(str, args.concurrency)]  # fmt: skip
+               "--concurrency", *map(str, args.concurrency), "--configs", config,
+               "--channels", *args.channels]  # fmt: skip
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": KV_CACHE_GIB, "VLLM_LOGGING_LEVEL": "WARNING",
            "BENCH_EOS": str(eos), "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
-           "BENCH_STREAM_INTERVAL_MS": str(args.stream_interval_ms)}  # fmt: skip
+           **CONFIGS[config].env}  # fmt: skip
+    if args.stream_interval_ms is not None:
+        env["BENCH_STREAM_INTERVAL_MS"] = str(args.stream_interval_ms)
     with tempfile.TemporaryFile("w+") as log:
         result = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         if result.returncode:
@@ -345,6 +425,14 @@ def summarize(waves: list[dict]) -> tuple[float, float, float]:
     return tps, statistics.median(ttfts) * 1000, percentile(ttfts, 0.99) * 1000
 
 
+def round_ratio(raw: list[dict], served: list[dict]) -> float:
+    """The median over rounds of served/raw tokens/s, each round's waves run back to back:
+    less swayed than the pooled ratio by a burst of load from outside in one wave."""
+    rate = [w["tokens"] / w["seconds"] for w in raw]
+    ratios = [w["tokens"] / w["seconds"] / r for w, r in zip(served, rate, strict=True)]
+    return statistics.median(ratios)
+
+
 def client_share(waves: list[dict]) -> float:
     """The client's CPU time over the waves' wall time: CPU the engine could not use."""
     return sum(w["client_cpu_s"] for w in waves) / sum(w["seconds"] for w in waves)
@@ -355,26 +443,62 @@ def cpu_per_token(waves: list[dict]) -> float:
     return 1e6 * sum(w["host_cpu_s"] for w in waves) / sum(w["tokens"] for w in waves)
 
 
-def print_report(engine_only_rss: float, hosts: dict[str, list[dict]]) -> None:
+def print_report(engine_only_rss: float | None, hosts: dict[str, list[dict]]) -> None:
     print(
-        f"\n{'system':8} {'streams':>7} {'raw tok/s':>10} {'served':>8} {'ratio':>6}"
-        f" {'TTFT p50 raw':>13} {'served':>7} {'added':>7} {'p99 served':>11} {'RSS over raw':>13}"
-        f" {'client CPU':>11} {'host CPU/token raw':>19} {'served':>7}"
+        f"\n{'system':15} {'channel':8} {'streams':>7} {'raw tok/s':>10} {'served':>8}"
+        f" {'ratio':>6} {'median':>6} {'TTFT p50 raw':>13} {'served':>7} {'added':>8}"
+        f" {'p99 served':>11}"
+        f" {'RSS over raw':>13} {'client CPU':>11} {'host CPU/token raw':>19} {'served':>7}"
     )
     for name, results in hosts.items():
         for r in results:
+            if "load_s" in r:
+                continue
             raw_tps, raw_p50, _ = summarize(r["raw"])
-            tps, p50, p99 = summarize(r["served"])
-            print(
-                f"{name:8} {r['concurrency']:7d} {raw_tps:10.0f} {tps:8.0f} {tps / raw_tps:6.3f}"
-                f" {raw_p50:11.1f}ms {p50:5.1f}ms {p50 - raw_p50:+5.1f}ms {p99:9.1f}ms"
-                f" {r['rss_mb'] - engine_only_rss:+10.0f} MB {client_share(r['served']):10.0%}"
-                f" {cpu_per_token(r['raw']):16.0f} us {cpu_per_token(r['served']):4.0f} us"
-            )
-    print(f"\nAsyncLLM-only process: {engine_only_rss:.0f} MB resident.")
-    print("ratio = served tokens/s / raw tokens/s, both measured in the same engine process.")
+            for channel, waves in r["served"].items():
+                tps, p50, p99 = summarize(waves)
+                rss = "" if engine_only_rss is None else f"{r['rss_mb'] - engine_only_rss:+.0f} MB"
+                print(
+                    f"{name:15} {channel:8} {r['concurrency']:7d} {raw_tps:10.0f} {tps:8.0f}"
+                    f" {tps / raw_tps:6.3f} {round_ratio(r['raw'], waves):6.3f}"
+                    f" {raw_p50:11.1f}ms {p50:5.1f}ms {p50 - raw_p50:+6.1f}ms"
+                    f" {p99:9.1f}ms {rss:>13} {client_share(waves):10.0%}"
+                    f" {cpu_per_token(r['raw']):16.0f} us {cpu_per_token(waves):4.0f} us"
+                )
+    for name, results in hosts.items():
+        for r in results:
+            if "load_s" in r:
+                print(f"{name}: {r['load_s']:.1f} s from start to SERVING (engine and warm-up)")
+    if engine_only_rss is not None:
+        print(f"\nAsyncLLM-only process: {engine_only_rss:.0f} MB resident.")
+    print("ratio = served tokens/s / raw tokens/s, both measured in the same engine process,")
+    print("        the raw waves sampling as the served ones do (the front end's own cost);")
+    print("        median: the median over rounds of that ratio within each round.")
     print("client CPU = the client process's CPU time over the wall time of its waves.")
     print("host CPU/token = CPU of the process holding AsyncLLM (and the server), per token.")
+    print_against_tuned(hosts)
+
+
+def print_against_tuned(hosts: dict[str, list[dict]]) -> None:
+    """Each configuration's served tokens/s over the tuned configuration's raw tokens/s: across
+    engine processes, so placement noise is in it (see the module doc); indicative only."""
+    tuned = {
+        r["concurrency"]: summarize(r["raw"]) for r in hosts.get("ours/tuned", []) if "raw" in r
+    }
+    if not tuned:
+        return
+    print("\nagainst the tuned raw engine (another process: noisy):")
+    for name, results in hosts.items():
+        for r in results:
+            if "load_s" in r:
+                continue
+            base_tps, base_p50, _ = tuned[r["concurrency"]]
+            for channel, waves in r["served"].items():
+                tps, p50, _ = summarize(waves)
+                print(
+                    f"  {name:15} {channel:8} {r['concurrency']:4d} streams:"
+                    f" {tps / base_tps:.3f}x tokens/s, TTFT p50 {p50 - base_p50:+.1f} ms"
+                )
 
 
 def main() -> int:
@@ -387,15 +511,33 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="measured raw/served pairs")
     parser.add_argument("--skip-openai", action="store_true")
     parser.add_argument(
-        "--stream-interval-ms", type=float, default=50.0, help="ours: server.stream_interval_ms"
+        "--skip-memory", action="store_true", help="no AsyncLLM-only process (one engine less)"
     )
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=["default", "tuned"])
+    parser.add_argument("--channels", nargs="+", choices=CHANNELS, default=list(CHANNELS))
+    parser.add_argument(
+        "--stream-interval-ms",
+        type=float,
+        default=None,
+        help="ours: server.stream_interval_ms (default: the server's default)",
+    )
+    parser.add_argument("--temperature", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     plan = (args.model, args.concurrency, args.tokens, args.rounds)
-    if args.role in ("grpc-client", "http-client"):
-        client = grpc_client if args.role == "grpc-client" else http_client
+    if args.role == "grpc-client":
         cpu_before = time.process_time()
-        wave = asyncio.run(client(args.address, args.concurrency[0], args.tokens))
+        wave = asyncio.run(
+            grpc_client(
+                args.address, args.concurrency[0], args.tokens, args.channels[0], args.temperature
+            )
+        )
+        wave.client_cpu_s = time.process_time() - cpu_before
+        report_result(asdict(wave))
+        return 0
+    if args.role == "http-client":
+        cpu_before = time.process_time()
+        wave = asyncio.run(http_client(args.address, args.concurrency[0], args.tokens))
         wave.client_cpu_s = time.process_time() - cpu_before
         report_result(asdict(wave))
         return 0
@@ -403,7 +545,7 @@ def main() -> int:
         asyncio.run(host_raw(*plan))
         return 0
     if args.role == "host-ours":
-        asyncio.run(host_ours(*plan))
+        asyncio.run(host_ours(*plan, args.configs[0], args.channels))
         return 0
     if args.role == "host-openai":
         import uvloop  # vLLM's own server runs on uvloop
@@ -414,15 +556,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model
         if model is None:
-            from tiny_model import build_tiny_llama
+            from support.tiny_model import build_tiny_llama
 
             model = build_tiny_llama(Path(scratch) / "tiny-llama")
         from transformers import AutoTokenizer
 
         eos = AutoTokenizer.from_pretrained(model).eos_token_id
         print(f"workload: {args.concurrency} streams x {args.tokens} tokens, {args.rounds} rounds")
-        engine_only = run_host("host-raw", model, eos, args)[0]["rss_mb"]
-        hosts = {"ours": run_host("host-ours", model, eos, args)}
+        engine_only = None
+        if not args.skip_memory:
+            engine_only = run_host("host-raw", model, eos, args)[0]["rss_mb"]
+        hosts = {f"ours/{c}": run_host("host-ours", model, eos, args, c) for c in args.configs}
         if not args.skip_openai:
             hosts["openai"] = run_host("host-openai", model, eos, args)
         print_report(engine_only, hosts)

@@ -124,6 +124,7 @@ def test_the_openai_api_samples_with_the_same_defaults(monkeypatch) -> None:
     # The manifest's temperature and top_p, the settings' top_k; never max_new_tokens, which
     # OpenAI requests leave open on purpose.
     assert defaults == {"temperature": 0.2, "top_p": 0.9, "top_k": 40}
-    args = engine_args(settings, False, "float32", defaults)
+    args = engine_args(settings, False, "float32", defaults, on_cpu=True)
     assert args["override_generation_config"] == defaults
-    assert "override_generation_config" not in engine_args(settings, False, "float32", {})
+    no_defaults = engine_args(settings, False, "float32", {}, on_cpu=True)
+    assert "override_generation_config" not in no_defaults

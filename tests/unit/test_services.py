@@ -515,6 +515,22 @@ async def test_an_aborted_finish_is_internal_not_a_short_answer(serve: Serve) ->
     assert caught.value.code() == grpc.StatusCode.INTERNAL
 
 
+async def test_request_bytes_that_do_not_parse_are_invalid_argument(serve: Serve) -> None:
+    served = await serve()
+    corrupt = b"\x0a\xff\xff\xff\xff\x0f"  # a length-delimited field longer than the message
+    unary = served.channel.unary_unary("/chat.ChatCompletionService/ChatComplete")
+    stream = served.channel.unary_stream("/completion.CompletionStreamService/CompleteStream")
+    for call in (unary(corrupt), _drain(stream(corrupt))):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "is not a valid protobuf message" in caught.value.details()
+    # Nothing reached the engine (only the warm-up did), and well-formed calls still work.
+    assert len(served.fake.requests) == 1
+    assert (await served.chat().ChatComplete(chat_request())).choices[0].chat_item.content
+    assert await served.health() == SERVING
+
+
 # -- embeddings ---------------------------------------------------------------------------
 
 

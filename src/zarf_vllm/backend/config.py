@@ -70,7 +70,13 @@ class EngineSettings(_Section):
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
     max_num_seqs: Annotated[int | None, Field(gt=0)] = None
     max_num_batched_tokens: Annotated[int | None, Field(gt=0)] = None
-    enforce_eager: bool = False
+    enforce_eager: Annotated[
+        bool | None,
+        Field(
+            description="Skip torch.compile (and CUDA graphs); null: eager on the CPU, "
+            "compiled on GPUs (engine.resolve_enforce_eager)"
+        ),
+    ] = None
     quantization: str | None = None
     kv_cache_dtype: str = "auto"
     enable_prefix_caching: bool | None = None

@@ -60,11 +60,26 @@ def resolve_dtype(requested: str, *, on_cpu: bool, quantized: bool) -> str:
     return sizing.cpu_dtype(quantized)
 
 
+def resolve_enforce_eager(requested: bool | None, *, on_cpu: bool) -> bool:
+    """Unset: eager on the CPU, as the chart's CPU profile renders it, and vLLM's compiled
+    default (torch.compile, CUDA graphs) on GPUs. An explicit value is kept.
+
+    On the CPU, bench/serving.py (tiny Llama, 32 streams, a shared 2-core avx512_bf16 host)
+    found no throughput to gain from compiling: raw 6,137 against 6,069 tokens/s, and served
+    over raw 0.77-0.83x compiled against 0.72-0.85x eager, in the same run (other runs on the
+    busier host scattered both ways); start to SERVING took 52-75 s compiled, 26-31 s eager."""
+    if requested is not None:
+        return requested
+    return on_cpu
+
+
 def engine_args(
     settings: Settings,
     is_embedding: bool,
     dtype: str,
     sampling_defaults: dict[str, Any] | None = None,
+    *,
+    on_cpu: bool,
 ) -> dict[str, Any]:
     """Maps the engine section of the settings onto vLLM's AsyncEngineArgs keywords.
 
@@ -78,7 +93,7 @@ def engine_args(
         "dtype": dtype,
         "tensor_parallel_size": engine.tensor_parallel_size,
         "gpu_memory_utilization": engine.gpu_memory_utilization,
-        "enforce_eager": engine.enforce_eager,
+        "enforce_eager": resolve_enforce_eager(engine.enforce_eager, on_cpu=on_cpu),
         "kv_cache_dtype": engine.kv_cache_dtype,
         "trust_remote_code": engine.trust_remote_code,
         "seed": engine.seed,
@@ -136,7 +151,7 @@ class Engine:
         )
         if dtype != requested:
             log_event(logger, "engine dtype chosen", requested=requested, dtype=dtype)
-        args = engine_args(settings, is_embedding, dtype, sampling_defaults)
+        args = engine_args(settings, is_embedding, dtype, sampling_defaults, on_cpu=on_cpu)
         llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
 
         model_config = llm.model_config

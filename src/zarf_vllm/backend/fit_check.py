@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zarf_vllm.backend.config import ConfigError, EngineSettings
+from zarf_vllm.backend.engine import resolve_enforce_eager
 from zarf_vllm.model import sizing
 from zarf_vllm.model.manifest import ModelManifest
 
@@ -112,7 +113,7 @@ def check_fit(
         max_model_len=settings.max_model_len or model.max_positions,
         max_num_seqs=settings.max_num_seqs or VLLM_MAX_NUM_SEQS,
         max_num_batched_tokens=settings.max_num_batched_tokens or VLLM_MAX_NUM_BATCHED_TOKENS,
-        enforce_eager=settings.enforce_eager,
+        enforce_eager=resolve_enforce_eager(settings.enforce_eager, on_cpu=on_cpu),
         cpu_kvcache_gib=settings.cpu_kvcache_space_gib,
     )
     limit = machine.memory_limit_bytes

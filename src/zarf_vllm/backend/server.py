@@ -49,6 +49,7 @@ from zarf_vllm.backend.services.completion import CompletionService
 from zarf_vllm.backend.services.counting import TokenCountService
 from zarf_vllm.backend.services.embeddings import EmbeddingsService
 from zarf_vllm.backend.services.name import NameService
+from zarf_vllm.backend.wire import MalformedRequests
 from zarf_vllm.model.manifest import ModelManifest
 
 logger = get_logger("server")
@@ -81,13 +82,14 @@ class BackendServer:
         self.runtime = Runtime()
         self.health = HealthServicer()
         self.server = grpc.aio.server(
+            interceptors=[MalformedRequests()],
             options=[
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 # The LeapfrogAI API multiplexes its calls over one connection; gRPC's limit
                 # on streams per connection would queue calls out of sight of max_in_flight.
                 ("grpc.max_concurrent_streams", settings.limits.max_in_flight + 64),
-            ]
+            ],
         )
         self.services = self._add_services()
         self.openai = (
