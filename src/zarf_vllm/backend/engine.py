@@ -132,8 +132,8 @@ def _resolved_args(settings: Settings, is_embedding: bool) -> dict[str, Any]:
 def run_worker(settings: Settings, is_embedding: bool) -> None:
     """A non-leader node (node_rank >= 1): this node's ranks of the leader's engine, without
     an API, as `vllm serve --headless` runs them (vllm/entrypoints/cli/serve.py run_headless).
-    Blocks until the ranks exit, then raises EngineDeadError (the pod must restart, and with
-    it the group); SIGTERM ends it with SystemExit(0)."""
+    Blocks until a rank exits or the leader stops answering, then raises EngineDeadError (the
+    pod must restart, and with it the group); SIGTERM ends it with SystemExit(0)."""
     _set_cpu_kvcache(settings)
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.usage.usage_lib import UsageContext
@@ -153,14 +153,44 @@ def run_worker(settings: Settings, is_embedding: bool) -> None:
     # SIGTERM (the pod stopping) ends the wait below; the ranks are stopped on the way out.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        # Returns when a rank exits: the leader's engine has stopped, or a rank failed.
-        executor.start_worker_monitor(inline=True)
+        reason = _watch_ranks_and_leader(executor, engine.master_addr, engine.master_port)
     finally:
         executor.shutdown()
-    raise EngineDeadError(
-        f"node {engine.node_rank}'s engine ranks exited: the leader at {engine.master_addr} "
-        "stopped its engine, or a rank failed (see the log above)"
+    raise EngineDeadError(f"node {engine.node_rank} stops: {reason}")
+
+
+# How often a worker node checks its leader, and after how many failed checks in a row it
+# stops: a rank waiting for the leader's next step never notices that the leader is gone (its
+# message queue just stays empty), so without this the node would wait forever.
+LEADER_CHECK_INTERVAL_S = 5.0
+LEADER_MISSES = 3
+
+
+def _watch_ranks_and_leader(executor: Any, address: str, port: int) -> str:
+    """Blocks while this node's ranks run and the leader answers at address:port (the
+    torch.distributed store its first rank holds open); returns why it stopped."""
+    import multiprocessing.connection
+
+    sentinels = [worker.proc.sentinel for worker in executor.workers]
+    misses = 0
+    while misses < LEADER_MISSES:
+        if multiprocessing.connection.wait(sentinels, timeout=LEADER_CHECK_INTERVAL_S):
+            return "one of its engine ranks exited (see the log above)"
+        misses = 0 if _reachable(address, port) else misses + 1
+    return (
+        f"the leader's torch.distributed port {address}:{port} refused {LEADER_MISSES} "
+        f"checks in a row, {LEADER_CHECK_INTERVAL_S:g} s apart: the leader stopped"
     )
+
+
+def _reachable(address: str, port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((address, port), timeout=LEADER_CHECK_INTERVAL_S):
+            return True
+    except OSError:
+        return False
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:

@@ -227,7 +227,6 @@ class DeployVariables(BaseModel):
             }
         )
 
-
     def chart_overrides(self) -> list[dict[str, str]]:
         """What the chart's override check parses, rendered into the values so the template
         holds no list of its own: each sizing variable's key under `overrides`, the key it
@@ -237,8 +236,10 @@ class DeployVariables(BaseModel):
         for v in self.variables:
             if not v.sizing:
                 continue
-            kind = "permille" if v.sizing == "util_permille" else (
-                "int" if kinds[v.sizing] is int else "text"
+            kind = (
+                "permille"
+                if v.sizing == "util_permille"
+                else ("int" if kinds[v.sizing] is int else "text")
             )
             entries.append({"value": v.path[-1], "field": camel_case(v.sizing), "kind": kind})
         return entries
