@@ -208,6 +208,8 @@ MESSAGES = {
     "cpuQuantization": "%s is %s-quantized, which vLLM-CPU does not run",
     "customNeedsGpus": "profile %s needs GPU_COUNT and GPU_MEMORY_GIB: the GPUs one node gives "
     "the model and the memory of each in GiB (e.g. GPU_COUNT=2, GPU_MEMORY_GIB=48)",
+    "multiNodeEmbed": "%s is an embedding model, which vLLM does not run with pipeline "
+    "parallelism, and profile %s spans %d nodes (a stage per node): use a single-node profile",
     "tooLong": "MAX_MODEL_LEN=%d exceeds the %d tokens %s accepts (max_position_embeddings, or "
     "the shorter input limit of its model directory)",
     "tooShort": "MAX_MODEL_LEN=%d is less than the %d tokens of a usable context for %s (a chat "
@@ -620,6 +622,8 @@ def _check_variables(costs: Costs, hardware: Hardware, overrides: Overrides) -> 
         raise _refused("cpuOnly", hardware.name, fit=False)
     elif overrides.cpu_dtype is not None:
         raise _refused("cpuDtypeOnly", hardware.name, fit=False)
+    if costs.embedding and hardware.nodes > 1:
+        raise _refused("multiNodeEmbed", costs.model, hardware.name, hardware.nodes, fit=True)
 
 
 def _check_bounds(hardware: Hardware, o: Overrides) -> None:
