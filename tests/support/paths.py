@@ -23,6 +23,8 @@ GRPC_SPEC = SHARED / "spec" / "leapfrogai-grpc.md"
 def shared_file(path: Path) -> Path:
     """`path` under ../shared, or a skip that says why (a user's clone has no ../shared)."""
     if not path.is_file():
-        pytest.skip(f"{path.relative_to(SHARED.parent)} is absent: it comes with the project's "
-                    "shared/ folder beside the checkout, which a plain clone lacks")
+        pytest.skip(
+            f"{path.relative_to(SHARED.parent)} is absent: it comes with the project's "
+            "shared/ folder beside the checkout, which a plain clone lacks"
+        )
     return path
