@@ -40,6 +40,8 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- if not (has $c.quantization $k.cpuQuantizations) }}{{ include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.cpuQuantization $c.model $c.quantization)) }}{{ end -}}
 {{- else if hasKey $o "cpuKvcacheGib" }}{{ fail (printf $m.cpuOnly $name) }}
 {{- else if hasKey $o "cpuDtype" }}{{ fail (printf $m.cpuDtypeOnly $name) }}{{ end -}}
+{{- $stages := int64 ($hw.nodes | default 1) -}}
+{{- if and $c.embedding (gt $stages 1) }}{{ include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.multiNodeEmbed $c.model $name $stages)) }}{{ end -}}
 {{- /* no override above what the profile's hardware has (or, where it does not say, any has) */ -}}
 {{- range $k.bounds -}}
 {{- if hasKey $o .field -}}
@@ -90,10 +92,12 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- range $t := $c.tensorParallelSizes -}}
 {{- if eq (mod $gpuCount $t) 0 -}}
 {{- $cost := get $c.tensorParallel (toString $t) -}}
-{{- $room := sub $budget (add $cost.weightBytes $activation $cost.reserveBytes) -}}
+{{- /* each GPU: its tensor-parallel share of its pipeline stage's layers (one stage per node) */ -}}
+{{- $weights := div (add $cost.weightBytes (sub $stages 1)) $stages -}}
+{{- $room := sub $budget (add $weights $activation $cost.reserveBytes) -}}
 {{- $candidates = append $candidates (int64 $t) -}}
 {{- $_ := set $rooms (toString $t) $room -}}
-{{- $_ := set $capacities (toString $t) (ternary (div (mul (max $room 0) $t) (max $kvBytes 1)) 0 (gt $kvBytes 0)) -}}
+{{- $_ := set $capacities (toString $t) (ternary (div (mul (max $room 0) $t $stages) (max $kvBytes 1)) 0 (gt $kvBytes 0)) -}}
 {{- $_ := set $usables (toString $t) (div (mul (get $capacities (toString $t)) $k.kvUsablePercent) 100) -}}
 {{- end -}}
 {{- end -}}
@@ -108,16 +112,19 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- if and (eq $tp 0) (include "zarf-vllm.holds" (dict "room" (get $rooms (toString $t)) "usable" (get $usables (toString $t)) "kvBytes" $kvBytes "tokens" $useful)) }}{{ $tp = $t }}{{ end -}}
 {{- end -}}
 {{- if eq $tp 0 }}{{ $tp = last $candidates }}{{ end -}}
+{{- /* a profile that spans nodes takes whole nodes */ -}}
+{{- if gt $stages 1 }}{{ $tp = last $candidates }}{{ end -}}
 {{- end -}}
 {{- $cost := get $c.tensorParallel (toString $tp) -}}
 {{- $room := get $rooms (toString $tp) -}}
 {{- if not (include "zarf-vllm.holds" (dict "room" $room "usable" (get $usables (toString $tp)) "kvBytes" $kvBytes "tokens" $required)) -}}
 {{- $where := printf $m.gpuBudget $c.model $name $tp $gpuCount (include "zarf-vllm.gib" $total) (include "zarf-vllm.permille" $util) (include "zarf-vllm.gib" $budget) -}}
-{{- $w := include "zarf-vllm.gib" $cost.weightBytes -}}{{- $a := include "zarf-vllm.gib" $activation -}}{{- $r := include "zarf-vllm.gib" $cost.reserveBytes -}}
+{{- $gpuWeights := div (add $cost.weightBytes (sub $stages 1)) $stages -}}
+{{- $w := include "zarf-vllm.gib" $gpuWeights -}}{{- $a := include "zarf-vllm.gib" $activation -}}{{- $r := include "zarf-vllm.gib" $cost.reserveBytes -}}
 {{- if or (lt $room 0) (eq $kvBytes 0) -}}
-{{- include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.gpuNoRoom $where $w $a $r (include "zarf-vllm.gib" (add $cost.weightBytes $activation $cost.reserveBytes)))) -}}
+{{- include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.gpuNoRoom $where $w $a $r (include "zarf-vllm.gib" (add $gpuWeights $activation $cost.reserveBytes)))) -}}
 {{- end -}}
-{{- include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.gpuShortKv $where (include "zarf-vllm.gib" $room) $w $a $r (int64 (get $capacities (toString $tp))) $kvBytes (int64 $k.kvUsablePercent) (int64 (get $usables (toString $tp))) $needed (include "zarf-vllm.gib" (div (add (mul $required $kvBytes 100) (sub (mul $k.kvUsablePercent $tp) 1)) (mul $k.kvUsablePercent $tp))))) -}}
+{{- include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.gpuShortKv $where (include "zarf-vllm.gib" $room) $w $a $r (int64 (get $capacities (toString $tp))) $kvBytes (int64 $k.kvUsablePercent) (int64 (get $usables (toString $tp))) $needed (include "zarf-vllm.gib" (div (add (mul $required $kvBytes 100) (sub (mul $k.kvUsablePercent $tp $stages) 1)) (mul $k.kvUsablePercent $tp $stages))))) -}}
 {{- end -}}
 {{- if gt $kvBytes 0 }}{{ $capacity = int64 (get $capacities (toString $tp)) }}{{ $usable = int64 (get $usables (toString $tp)) }}{{ end -}}
 {{- $runtime = $cost.hostRuntimeBytes -}}
@@ -141,6 +148,7 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
   "enforceEager" $hw.enforceEager "cpuKvcacheGib" (ternary $kvGib nil $cpu)
   "kvBytesPerToken" $kvBytes "kvCapacityTokens" $capacity "shmGib" $shmGib "hostMemoryGib" $host
   "hostCpu" (int64 (get $o "hostCpu" | default (mul $hw.hostCpu $tp))) "startupSeconds" $c.startupSeconds
+  "nodes" $stages "pipelineParallelSize" $stages
   | toJson -}}
 {{- end -}}
 

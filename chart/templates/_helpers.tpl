@@ -116,8 +116,39 @@ what the values set, so the manifest's own defaults apply otherwise.
   "enforce_eager" $fit.enforceEager
   "kv_cache_dtype" $fit.kvCacheDtype
   "cpu_kvcache_space_gib" (ternary (int64 $fit.cpuKvcacheGib) nil (eq (int64 $fit.gpus) 0)) -}}
+{{- if include "zarf-vllm.multiNode" . -}}
+{{- /* every node reads the same file; the leader's address and each worker's rank come
+       from the pod (_pod.tpl) */ -}}
+{{- $_ := set $engine "pipeline_parallel_size" (int64 $fit.pipelineParallelSize) -}}
+{{- $_ := set $engine "nnodes" (int64 $fit.nodes) -}}
+{{- end -}}
 {{- $openaiPort := ternary (include "zarf-vllm.openaiPort" . | int64) nil (eq (include "zarf-vllm.openai" .) "true") -}}
 {{- $server := merge (dict "port" 50051 "metrics_port" 9090 "openai_port" $openaiPort "log_level" .Values.logLevel) $b.server -}}
 {{- /* openai stays empty here: its api_key comes from a Secret, in the environment. */ -}}
 {{- dict "model" $model "engine" $engine "sampling" $b.sampling "chat" $b.chat "limits" $b.limits "server" $server "openai" dict | toYaml -}}
+{{- end -}}
+
+{{/*
+"true" when the profile spans nodes (its fit's `nodes` > 1): the chart then runs a
+LeaderWorkerSet group (leaderworkerset.yaml) instead of the Deployment. The cluster must serve
+leaderworkerset.x-k8s.io/v1; without it the chart refuses, since no Deployment can hold a model
+sized for several nodes.
+*/}}
+{{- define "zarf-vllm.multiNode" -}}
+{{- $fit := include "zarf-vllm.fit" . | fromJson -}}
+{{- if gt (int64 ($fit.nodes | default 1)) 1 -}}
+{{- if not (.Capabilities.APIVersions.Has "leaderworkerset.x-k8s.io/v1/LeaderWorkerSet") -}}
+{{- fail (printf "profile %s spans %d nodes, which the chart runs as a LeaderWorkerSet, but this cluster does not serve leaderworkerset.x-k8s.io/v1 LeaderWorkerSet: install LeaderWorkerSet (its controller and CRD) first, or choose a single-node profile" $fit.profile (int64 $fit.nodes)) -}}
+{{- end -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* What the Services select: every pod, or in a LeaderWorkerSet group the leader only (the
+workers serve no API). */}}
+{{- define "zarf-vllm.servingSelector" -}}
+{{ include "zarf-vllm.selectorLabels" . }}
+{{- if include "zarf-vllm.multiNode" . }}
+leaderworkerset.sigs.k8s.io/worker-index: "0"
+{{- end }}
 {{- end -}}

@@ -27,6 +27,7 @@ from support.profiles_fixtures import (
     pair_sets,
     python_fit,
     run_preview,
+    serving_pod_of,
     values,
     values_text,
 )
@@ -63,7 +64,7 @@ def assert_agrees(result: Preview, fit: Fit) -> None:
     assert engine["kv_cache_dtype"] == fit.kv_cache_dtype
     assert engine["enforce_eager"] == fit.enforce_eager
     assert engine["cpu_kvcache_space_gib"] == fit.cpu_kvcache_gib
-    pod = deployment_of(result)["spec"]["template"]
+    pod = serving_pod_of(result)
     container = pod["spec"]["containers"][0]
     requests, limits = container["resources"]["requests"], container["resources"]["limits"]
     assert requests["memory"] == limits["memory"] == f"{fit.host_memory_gib}Gi"

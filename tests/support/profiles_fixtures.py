@@ -72,8 +72,17 @@ def _preview(
         return exc
 
 
+# What a cluster serves for profiles that span nodes (the chart refuses them without it).
+LWS_API = "leaderworkerset.x-k8s.io/v1/LeaderWorkerSet"
+
+
 def run_preview(manifest_id: str, **sets: str) -> Preview | PreviewError:
-    return _preview(manifest_id, tuple(sorted(sets.items())))
+    """A multi-node profile's pairs render on a cluster that serves LeaderWorkerSet, as such a
+    profile requires (tests/chart/test_multinode.py checks the refusal without it)."""
+    name = sets.get("PROFILE", "cpu")
+    known = name in PROFILE_NAMES
+    apis = (LWS_API,) if known and profile(name).nodes > 1 else ()
+    return _preview(manifest_id, tuple(sorted(sets.items())), apis)
 
 
 def run_preview_on(apis: tuple[str, ...], manifest_id: str, **sets: str) -> Preview | PreviewError:
@@ -128,6 +137,17 @@ def config_of(result: Preview) -> dict:
 
 def deployment_of(result: Preview) -> dict:
     return next(i.object for i in result.objects if i.object["kind"] == "Deployment")
+
+
+def serving_pod_of(result: Preview) -> dict:
+    """The pod template that serves the API: the Deployment's, or a LeaderWorkerSet's leader."""
+    for item in result.objects:
+        obj = item.object
+        if obj["kind"] == "Deployment":
+            return obj["spec"]["template"]
+        if obj["kind"] == "LeaderWorkerSet":
+            return obj["spec"]["leaderWorkerTemplate"]["leaderTemplate"]
+    raise AssertionError("neither a Deployment nor a LeaderWorkerSet was rendered")
 
 
 def zarf_schema() -> dict:

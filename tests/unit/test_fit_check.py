@@ -90,3 +90,17 @@ def test_the_cuda_build_without_a_gpu_stops_with_what_is_missing(
     assert "NVIDIA container runtime" in message and "\n" not in message
     with pytest.raises(ConfigError, match="no GPU found"):
         check_this_machine(CPU_PROFILE, None)
+
+
+def test_a_stage_of_a_model_split_across_nodes_is_sized_as_its_share() -> None:
+    """Llama-3.1-405B on the leader of two 8 x H100 nodes: each GPU holds 1/16 of it."""
+    from support.paths import MANIFESTS
+
+    manifest = load_manifest(MANIFESTS / "llama-3.1-405b-instruct.yaml")
+    node = Machine(gpu_count=8, gpu_memory_mib=81559, memory_limit_bytes=None)
+    whole = EngineSettings(tensor_parallel_size=8, gpu_memory_utilization=0.92)
+    with pytest.raises(ConfigError, match=r"each GPU needs 94\.4 GiB of weights"):
+        check_fit(whole, manifest, node)
+    split = whole.model_copy(update={"pipeline_parallel_size": 2, "nnodes": 2})
+    fit = check_fit(split, manifest, node)
+    assert fit is not None and fit.tensor_parallel_size == 8 and fit.pipeline_parallel_size == 2

@@ -481,3 +481,48 @@ def test_a_utilization_vllm_would_refuse_at_start_is_refused_with_the_highest_th
     with pytest.raises(Refused, match=r"use at most 0\.98"):
         size(SMOLLM2, gpu(memory_mib=40960), Overrides(util_permille=990))
     assert size(SMOLLM2, gpu(memory_mib=81559), Overrides(util_permille=990)).gpus == 1
+
+
+# Llama-3.1-405B: 126 layers, 128 heads, 8 KV heads, 405,853,388,800 bf16 parameters.
+LLAMA_405B = dataclasses.replace(
+    LLAMA_8B,
+    id="llama-405b",
+    weight_bytes=811_706_777_600,
+    layers=126,
+    attention_heads=128,
+    hidden_size=16384,
+)
+
+
+def test_across_nodes_each_gpu_holds_its_share_of_its_stages_layers() -> None:
+    two_nodes = gpu(count=8, memory_mib=81559, util_permille=920, nodes=2)
+    fit = size(LLAMA_405B, two_nodes)
+    assert (fit.tensor_parallel_size, fit.pipeline_parallel_size, fit.nodes) == (8, 2, 2)
+    assert fit.gpus == 8  # per pod: one node's
+    budget = (81559 * MIB - sizing.CUDA_TOTAL_SHORTFALL_BYTES) * 920 // 1000
+    activation = 8192 * 16384 * 32 + 256 * 128256 * 8
+    reserve = sizing.TP_NON_TORCH_BYTES + sizing.TP_CUDA_GRAPH_BYTES
+    weights = sizing.ceil_div(sizing.ceil_div(811_706_777_600, 8), 2)
+    room = budget - weights - activation - reserve
+    kv_bytes = 2 * 126 * 8 * 128 * 2
+    # 16 GPUs: each keeps 1/8 of the KV heads of 1/2 of the layers of every token.
+    assert fit.kv_capacity_tokens == room * 8 * 2 // kv_bytes
+    assert fit.max_model_len == 131072
+    assert fit.summary == "gpu (TP 8 x PP 2, max_model_len 131072)"
+
+
+def test_one_node_of_eight_80_gb_gpus_cannot_hold_405b() -> None:
+    with pytest.raises(Refused, match="405b does not fit profile gpu: at tensor parallel 8"):
+        size(LLAMA_405B, gpu(count=8, memory_mib=81559, util_permille=920))
+
+
+def test_a_multi_node_profile_takes_whole_nodes() -> None:
+    fit = size(LLAMA_8B, gpu(count=8, nodes=2))
+    assert (fit.tensor_parallel_size, fit.pipeline_parallel_size) == (8, 2)
+    assert size(LLAMA_8B, gpu(count=8)).tensor_parallel_size == 1
+
+
+def test_embedding_models_are_refused_across_nodes() -> None:
+    with pytest.raises(Refused, match="does not run with pipeline parallelism") as refused:
+        size(MINILM, gpu(count=8, nodes=2))
+    assert refused.value.fit

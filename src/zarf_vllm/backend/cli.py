@@ -8,7 +8,11 @@ from zarf_vllm.cli import build_parser, run
 
 PROG = "zarf-vllm-backend"
 # The order is the order `--help` lists them in.
-COMMAND_MODULES = ("zarf_vllm.backend.commands.serve", "zarf_vllm.backend.commands.chat")
+COMMAND_MODULES = (
+    "zarf_vllm.backend.commands.serve",
+    "zarf_vllm.backend.commands.worker",
+    "zarf_vllm.backend.commands.chat",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -85,6 +85,31 @@ class EngineSettings(_Section):
     cpu_kvcache_space_gib: Annotated[
         int | None, Field(gt=0, description="KV cache size on the CPU (VLLM_CPU_KVCACHE_SPACE)")
     ] = None
+    # Several nodes (vLLM's own multi-node support, its `mp` executor, no Ray): the layers are
+    # split into pipeline_parallel_size stages, tensor parallel inside each node. Node 0 (the
+    # leader, `serve`) runs the engine and the API; nodes 1.. run `worker`. Every node reads the
+    # same settings but its own node_rank.
+    pipeline_parallel_size: Annotated[
+        int, Field(ge=1, description="Pipeline stages; across nodes, one per node")
+    ] = 1
+    nnodes: Annotated[int, Field(ge=1, description="Nodes the engine spans (leader included)")] = 1
+    node_rank: Annotated[int, Field(ge=0, description="This node: 0 is the leader")] = 0
+    master_addr: Annotated[
+        str, Field(description="The leader's address, which every node's ranks rendezvous at")
+    ] = "127.0.0.1"
+    master_port: Annotated[
+        int, Field(ge=1, le=65535, description="The leader's torch.distributed port")
+        # vLLM's own default (ParallelConfig.master_port).
+    ] = 29501
+
+    @model_validator(mode="after")
+    def _node_rank_in_range(self) -> EngineSettings:
+        if self.node_rank >= self.nnodes:
+            raise ValueError(
+                f"node_rank {self.node_rank} is not below nnodes {self.nnodes}: the nodes are "
+                "numbered 0 (the leader) to nnodes - 1"
+            )
+        return self
 
 
 class SamplingSettings(_Section):

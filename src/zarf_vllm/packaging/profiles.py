@@ -106,6 +106,8 @@ class Profile(_Strict):
     host: HostSpec
     engine: EngineSpec
     scheduling: Scheduling
+    # Nodes one serving group spans (a LeaderWorkerSet): gpu and host are each node's.
+    nodes: Annotated[int, Field(ge=1, le=sizing.MAX_NODES, description="Nodes per group")] = 1
 
     @model_validator(mode="after")
     def _kind_consistent(self) -> Profile:
@@ -119,6 +121,8 @@ class Profile(_Strict):
             raise ValueError("gpu.count and gpu.memory_mib are both given or both null (custom)")
         if (self.gpu.count is None) != (self.host.max_cpu is None):
             raise ValueError("host.max_cpu is null for custom, and only there")
+        if self.nodes > 1 and not self.gpu.count:
+            raise ValueError("nodes > 1 is for GPU profiles with a fixed GPU count per node")
         hardware = self.hardware
         default_cpu = hardware.host_cpu * max(hardware.gpu_count or 1, 1)
         if self.host.max_cpu is not None and default_cpu > self.host.max_cpu:
@@ -140,6 +144,7 @@ class Profile(_Strict):
             max_num_batched_tokens=self.engine.max_num_batched_tokens,
             enforce_eager=self.engine.enforce_eager,
             cpu_kvcache_gib=self.engine.cpu_kvcache_space_gib,
+            nodes=self.nodes,
         )
 
     @property
@@ -292,7 +297,7 @@ def _profile_values(
             else (f"KV cache {fit.kv_capacity_tokens} tokens")
         )
         note = (
-            f"fits: TP {fit.tensor_parallel_size}, max_model_len {fit.max_model_len}, {kv}, "
+            f"fits: {fit.parallelism}, max_model_len {fit.max_model_len}, {kv}, "
             f"{fit.host_memory_gib} GiB host memory"
         )
     else:
@@ -431,7 +436,7 @@ def fit_table(catalog: Sequence[ModelManifest], profiles: Sequence[Profile]) -> 
         cells = []
         for outcome in outcomes(model, sized):
             fit = outcome.fit
-            cells.append(f"TP {fit.tensor_parallel_size} / {fit.max_model_len}" if fit else "no")
+            cells.append(f"{fit.parallelism} / {fit.max_model_len}" if fit else "no")
         weights = f"{model.weight_bytes / sizing.GIB:.2f} GiB"
         lines.append(f"| {manifest.id} | {weights} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
