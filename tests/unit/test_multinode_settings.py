@@ -19,14 +19,14 @@ def settings(**engine: object):
 
 
 def test_one_node_passes_only_the_pipeline_size() -> None:
-    args = engine_args(settings(pipeline_parallel_size=2), is_embedding=False, dtype="auto")
+    args = engine_args(settings(pipeline_parallel_size=2), is_embedding=False, dtype="auto", on_cpu=False)
     assert args["pipeline_parallel_size"] == 2
     assert not {"nnodes", "node_rank", "master_addr", "distributed_executor_backend"} & set(args)
 
 
 def test_several_nodes_run_vllms_mp_executor_with_the_leaders_address() -> None:
     engine = dict(pipeline_parallel_size=2, nnodes=2, node_rank=1, master_addr="leader")
-    args = engine_args(settings(**engine), is_embedding=False, dtype="auto")
+    args = engine_args(settings(**engine), is_embedding=False, dtype="auto", on_cpu=False)
     assert args["distributed_executor_backend"] == "mp"
     assert (args["nnodes"], args["node_rank"], args["master_addr"]) == (2, 1, "leader")
     assert args["master_port"] == 29501  # vLLM's own default
