@@ -19,7 +19,9 @@ def settings(**engine: object):
 
 
 def test_one_node_passes_only_the_pipeline_size() -> None:
-    args = engine_args(settings(pipeline_parallel_size=2), is_embedding=False, dtype="auto", on_cpu=False)
+    args = engine_args(
+        settings(pipeline_parallel_size=2), is_embedding=False, dtype="auto", on_cpu=False
+    )
     assert args["pipeline_parallel_size"] == 2
     assert not {"nnodes", "node_rank", "master_addr", "distributed_executor_backend"} & set(args)
 
