@@ -78,7 +78,7 @@ def test_a_group_of_one_leader_and_workers_replaces_the_deployment(profile: str)
         "--node-rank=$(LWS_WORKER_INDEX)",
         "--master-addr=$(LWS_LEADER_ADDRESS)",
     ]
-    assert {p["name"] for p in leader["ports"]} == {"grpc", "metrics"}
+    assert {p["name"] for p in leader["ports"]} == {"grpc", "metrics", "openai"}
     assert "startupProbe" in leader and "readinessProbe" in leader
     # The workers serve no API: no ports, no gRPC probes.
     assert not {"ports", "startupProbe", "readinessProbe", "livenessProbe"} & set(worker)
