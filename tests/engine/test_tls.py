@@ -204,6 +204,28 @@ class TestMutualTLS:
         assert grpc_refusal(backend.address, None).code() == grpc.StatusCode.UNAVAILABLE
         assert backend.health() == SERVING  # the plaintext health port, as kubelet calls it
 
+    def test_the_chat_command_speaks_mutual_tls(
+        self, backend: BackendProcess, pki: Certificates
+    ) -> None:
+        tls_flags = ["--ca-file", str(pki.ca)]
+        client_flags = ["--cert-file", str(pki.client.cert), "--key-file", str(pki.client.key)]
+        ok = chat_command(backend, *tls_flags, *client_flags, "--wait", "30")
+        assert ok.returncode == 0, ok.stderr
+        assert ok.stdout and "completion tokens" in ok.stderr
+        refused = chat_command(backend, *tls_flags)
+        assert refused.returncode == 1
+        assert refused.stderr.startswith(f"error: {backend.address}: UNAVAILABLE"), refused.stderr
+
+
+def chat_command(backend: BackendProcess, *flags: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "zarf_vllm.backend", "chat", "--address", backend.address]
+    return subprocess.run(
+        [*command, "--max-new-tokens", "4", *flags, "Hello"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
 
 def test_a_missing_certificate_stops_start_up_with_one_line(tmp_path: Path) -> None:
     absent = tmp_path / "tls.crt"
