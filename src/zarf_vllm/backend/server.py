@@ -268,6 +268,7 @@ class BackendServer:
         return self._exit_code
 
     async def stop_openai(self) -> None:
+        """Stops the listeners beside gRPC: the OpenAI port, then the plaintext health port."""
         if self.openai is not None:
             await self.openai.stop()
         # The probes' port goes last, so they see NOT_SERVING rather than a refused connection.
