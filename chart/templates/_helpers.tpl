@@ -96,7 +96,54 @@ true
 {{- end -}}
 
 {{/*
-The backend's configuration file (src/zarf_vllm/backend/config.py): its seven sections, with only keys
+TLS on the gRPC and OpenAI ports (TLS_SECRET, TLS_CLIENT_CA; docs/tls.md): "true" when they serve
+TLS with the Secret's files. Refused with a UDS Package: its Istio sidecars already encrypt and
+authenticate every connection with mutual TLS, and a TLS port behind a sidecar would only be
+opaque bytes to it (no gRPC/HTTP routing, metrics or authorization by request).
+*/}}
+{{- define "zarf-vllm.tls" -}}
+{{- $secret := toString .Values.tls.secret -}}
+{{- if and (eq (toString .Values.tls.clientCa) "true") (not $secret) -}}
+{{- fail "TLS_CLIENT_CA=true needs TLS_SECRET: name the kubernetes.io/tls Secret whose ca.crt signs the client certificates, or set TLS_CLIENT_CA=false" -}}
+{{- end -}}
+{{- if and $secret (include "zarf-vllm.udsPackage" .) -}}
+{{- fail (printf "TLS_SECRET=%s is refused with a UDS Package: UDS Core's Istio mesh already gives every connection mutual TLS. Leave TLS_SECRET empty, or set UDS_PACKAGE=false where no mesh runs (docs/tls.md)" $secret) -}}
+{{- end -}}
+{{- if $secret -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{- /* Where the Secret is mounted: beside, not inside, the config's read-only volume. */ -}}
+{{- define "zarf-vllm.tlsDir" -}}
+/etc/zarf-vllm-tls
+{{- end -}}
+
+{{- /* With TLS, kubelet's gRPC probes (plaintext only) go to this health-only port. */ -}}
+{{- define "zarf-vllm.healthPort" -}}
+50052
+{{- end -}}
+
+{{- define "zarf-vllm.probePort" -}}
+{{- ternary (include "zarf-vllm.healthPort" .) "50051" (eq (include "zarf-vllm.tls" .) "true") -}}
+{{- end -}}
+
+{{- /* config.py's tls section: the Secret's files (cert-manager's names) and the health port. */ -}}
+{{- define "zarf-vllm.tlsConfig" -}}
+{{- $tls := dict -}}
+{{- if include "zarf-vllm.tls" . -}}
+{{- $dir := include "zarf-vllm.tlsDir" . -}}
+{{- $tls = dict "cert_file" (printf "%s/tls.crt" $dir) "key_file" (printf "%s/tls.key" $dir) "health_port" (include "zarf-vllm.healthPort" . | int64) -}}
+{{- if eq (toString .Values.tls.clientCa) "true" -}}
+{{- $_ := set $tls "client_ca_file" (printf "%s/ca.crt" $dir) -}}
+{{- $_ := set $tls "require_client_cert" true -}}
+{{- end -}}
+{{- end -}}
+{{- $tls | toJson -}}
+{{- end -}}
+
+{{/*
+The backend's configuration file (src/zarf_vllm/backend/config.py): its sections, with only keys
 that config.py knows. The engine section comes from the sizing; sampling and chat only carry
 what the values set, so the manifest's own defaults apply otherwise.
 */}}
@@ -125,7 +172,7 @@ what the values set, so the manifest's own defaults apply otherwise.
 {{- $openaiPort := ternary (include "zarf-vllm.openaiPort" . | int64) nil (eq (include "zarf-vllm.openai" .) "true") -}}
 {{- $server := merge (dict "port" 50051 "metrics_port" 9090 "openai_port" $openaiPort "log_level" .Values.logLevel) $b.server -}}
 {{- /* openai stays empty here: its api_key comes from a Secret, in the environment. */ -}}
-{{- dict "model" $model "engine" $engine "sampling" $b.sampling "chat" $b.chat "limits" $b.limits "server" $server "openai" dict | toYaml -}}
+{{- dict "model" $model "engine" $engine "sampling" $b.sampling "chat" $b.chat "limits" $b.limits "server" $server "openai" dict "tls" (include "zarf-vllm.tlsConfig" . | fromJson) | toYaml -}}
 {{- end -}}
 
 {{/*

@@ -10,6 +10,8 @@ workers (`worker`, the other nodes' ranks). All three get the fit's whole node: 
 {{- $gpus := int64 $fit.gpus -}}
 {{- $grace := include "zarf-vllm.terminationGrace" $root | int64 -}}
 {{- $openai := and (ne $role "worker") (include "zarf-vllm.openai" $root) -}}
+{{- $tls := include "zarf-vllm.tls" $root -}}
+{{- $probePort := include "zarf-vllm.probePort" $root | int64 -}}
 {{- $apiKeySecret := "" -}}
 {{- if $openai -}}{{- $apiKeySecret = toString $root.Values.openai.apiKeySecret -}}{{- end -}}
 automountServiceAccountToken: false
@@ -88,6 +90,12 @@ containers:
         containerPort: {{ include "zarf-vllm.openaiPort" $root }}
         protocol: TCP
       {{- end }}
+      {{- if $tls }}
+      # Plaintext grpc.health.v1.Health only, for the probes (not in the Service).
+      - name: health
+        containerPort: {{ include "zarf-vllm.healthPort" $root }}
+        protocol: TCP
+      {{- end }}
     {{- end }}
     # The image sets HOME and every cache under the writable /tmp; the server forces
     # offline mode itself (zarf_vllm.backend.offline). Only what the fit decides is here,
@@ -157,24 +165,25 @@ containers:
     {{- if ne $role "worker" }}
     # Loading takes minutes: the startup probe's budget grows with the weights' size;
     # liveness and readiness start once it passes. The backend reports SERVING only
-    # after the engine is up and warmed up.
+    # after the engine is up and warmed up. kubelet's gRPC probe cannot speak TLS: with
+    # TLS_SECRET they call the plaintext health-only port (backend/health_port.py).
     startupProbe:
       grpc:
-        port: 50051
+        port: {{ $probePort }}
         service: ""
       periodSeconds: {{ $root.Values.constants.probePeriodSeconds }}
       timeoutSeconds: 5
       failureThreshold: {{ $root.Values.startupFailureThreshold }}
     readinessProbe:
       grpc:
-        port: 50051
+        port: {{ $probePort }}
         service: ""
       periodSeconds: 10
       timeoutSeconds: 5
       failureThreshold: 3
     livenessProbe:
       grpc:
-        port: 50051
+        port: {{ $probePort }}
         service: ""
       periodSeconds: 20
       timeoutSeconds: 10
@@ -186,6 +195,11 @@ containers:
         readOnly: true
       - name: tmp
         mountPath: /tmp
+      {{- if $tls }}
+      - name: tls
+        mountPath: {{ include "zarf-vllm.tlsDir" $root }}
+        readOnly: true
+      {{- end }}
       {{- if gt (int64 $fit.shmGib) 0 }}
       - name: dshm
         mountPath: /dev/shm
@@ -197,6 +211,14 @@ volumes:
   - name: tmp
     emptyDir:
       sizeLimit: {{ $root.Values.tmpSizeLimit }}
+  {{- if $tls }}
+  # tls.crt, tls.key, ca.crt; readable by the backend's group only (fsGroup 65532). The
+  # backend reads them at start-up: a renewed certificate takes effect when the pod restarts.
+  - name: tls
+    secret:
+      secretName: {{ $root.Values.tls.secret }}
+      defaultMode: 0440
+  {{- end }}
   {{- if gt (int64 $fit.shmGib) 0 }}
   # NCCL and vLLM's worker queues between tensor-parallel ranks; memory-backed, so it is
   # part of the pod's memory request.

@@ -78,6 +78,7 @@ class BackendProcess:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self.openai_port: int | None = None
+        self.health_port: int | None = None  # tls.health_port: plaintext health only
         self._listening = threading.Event()
 
     # -- process ------------------------------------------------------------------------
@@ -105,6 +106,7 @@ class BackendProcess:
             if event and event.get("message") == "listening":
                 self.port, self.metrics_port = event["port"], event["metrics_port"]
                 self.openai_port = event.get("openai_port")
+                self.health_port = event.get("health_port")
                 self._listening.set()
 
     def wait_listening(self, timeout: float = 60) -> None:
@@ -114,7 +116,7 @@ class BackendProcess:
     def wait_serving(self, timeout: float = 600) -> None:
         self.wait_listening()
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
+        with grpc.insecure_channel(self.health_address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if self.process is not None and self.process.poll() is not None:
@@ -126,7 +128,7 @@ class BackendProcess:
 
     def health(self, stub: health_pb2_grpc.HealthStub | None = None, service: str = "") -> int:
         if stub is None:
-            with grpc.insecure_channel(self.address) as channel:
+            with grpc.insecure_channel(self.health_address) as channel:
                 return self.health(health_pb2_grpc.HealthStub(channel), service)
         try:
             return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
@@ -166,6 +168,11 @@ class BackendProcess:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def health_address(self) -> str:
+        """Where plaintext health checks go: the gRPC port, or with TLS the health-only port."""
+        return f"127.0.0.1:{self.health_port or self.port}"
 
     def events(self, message: str | None = None) -> list[dict[str, Any]]:
         """The backend's JSON log lines (optionally those with one message)."""

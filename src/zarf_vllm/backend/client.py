@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -38,10 +39,30 @@ def chat_request(
     )
 
 
-def wait_until_serving(address: str, timeout_s: float) -> None:
+def tls_credentials(
+    ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None
+) -> grpc.ChannelCredentials:
+    """For a backend with TLS (docs/tls.md): the CA to trust, and a client certificate for
+    mutual TLS."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca_file.read_bytes(),
+        private_key=None if key_file is None else key_file.read_bytes(),
+        certificate_chain=None if cert_file is None else cert_file.read_bytes(),
+    )
+
+
+def open_channel(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
+    if credentials is None:
+        return grpc.insecure_channel(address)
+    return grpc.secure_channel(address, credentials)
+
+
+def wait_until_serving(
+    address: str, timeout_s: float, credentials: grpc.ChannelCredentials | None = None
+) -> None:
     """Polls the health service until the whole server reports SERVING."""
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, credentials) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
@@ -55,13 +76,15 @@ def wait_until_serving(address: str, timeout_s: float) -> None:
 
 
 def stream_chat(
-    address: str, request: chat_pb2.ChatCompletionRequest
+    address: str,
+    request: chat_pb2.ChatCompletionRequest,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> Iterator[str | StreamSummary]:
     """Yields each text delta as it arrives, then one StreamSummary."""
     started = time.perf_counter()
     first: float | None = None
     parts: list[str] = []
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, credentials) as channel:
         stub = chat_pb2_grpc.ChatCompletionStreamServiceStub(channel)
         last = None
         for chunk in stub.ChatCompleteStream(request):

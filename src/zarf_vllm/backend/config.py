@@ -204,6 +204,68 @@ class OpenAISettings(_Section):
         return key
 
 
+class TLSSettings(_Section):
+    """TLS on the gRPC and OpenAI ports (docs/tls.md); off while cert_file and key_file are unset.
+
+    The file names are those of a kubernetes.io/tls Secret (cert-manager's): tls.crt, tls.key
+    and ca.crt. The metrics port stays plain HTTP.
+    """
+
+    cert_file: Annotated[
+        Path | None, Field(description="PEM certificate chain the server presents (tls.crt)")
+    ] = None
+    key_file: Annotated[
+        Path | None, Field(description="PEM private key of cert_file, unencrypted (tls.key)")
+    ] = None
+    client_ca_file: Annotated[
+        Path | None,
+        Field(description="PEM CA certificates that sign the clients' certificates (ca.crt)"),
+    ] = None
+    require_client_cert: Annotated[
+        bool,
+        Field(description="Mutual TLS: refuse clients without a certificate client_ca_file signed"),
+    ] = False
+    health_port: Annotated[
+        int | None,
+        Field(
+            ge=0,
+            le=65535,
+            description="With TLS: a plaintext port serving only grpc.health.v1.Health, for "
+            "kubelet's gRPC probes (which cannot speak TLS); null: none",
+        ),
+    ] = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TLSSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError(
+                "cert_file and key_file go together: set both to serve TLS, or neither"
+            )
+        if self.require_client_cert and self.client_ca_file is None:
+            raise ValueError(
+                "require_client_cert needs client_ca_file, the CA that signs client certificates"
+            )
+        if self.client_ca_file is not None and not self.require_client_cert:
+            # Neither gRPC's nor uvicorn's server checks an optional client certificate the
+            # same way: a CA that nothing enforces would only look like security.
+            raise ValueError(
+                "client_ca_file is only used with require_client_cert: true; set it, "
+                "or remove client_ca_file"
+            )
+        if self.client_ca_file is not None and not self.enabled:
+            raise ValueError("client_ca_file needs cert_file and key_file: mutual TLS is TLS")
+        if self.health_port is not None and not self.enabled:
+            raise ValueError(
+                "health_port is only for TLS (without it, the gRPC port answers health checks); "
+                "remove it, or set cert_file and key_file"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -219,6 +281,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     server: ServerSettings = ServerSettings()
     openai: OpenAISettings = OpenAISettings()
+    tls: TLSSettings = TLSSettings()
 
     @model_validator(mode="after")
     def _model_path_given(self) -> Settings:

@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from zarf_vllm.backend.calls import Call, CallTracker
 from zarf_vllm.backend.config import Settings
 from zarf_vllm.backend.engine import Engine, EngineDeadError
+from zarf_vllm.backend.health_port import PlainHealthPort
 from zarf_vllm.backend.logs import get_logger, log_event
 from zarf_vllm.backend.metrics import Metrics, serve_metrics
 from zarf_vllm.backend.openai.frontend import OpenAIFrontend
@@ -49,6 +50,7 @@ from zarf_vllm.backend.services.completion import CompletionService
 from zarf_vllm.backend.services.counting import TokenCountService
 from zarf_vllm.backend.services.embeddings import EmbeddingsService
 from zarf_vllm.backend.services.name import NameService
+from zarf_vllm.backend.tls import grpc_credentials, load_tls
 from zarf_vllm.backend.wire import MalformedRequests
 from zarf_vllm.model.manifest import ModelManifest
 
@@ -96,6 +98,9 @@ class BackendServer:
             None
             if settings.server.openai_port is None
             else OpenAIFrontend(settings, self.calls, self.served_name)
+        )
+        self.health_port = (
+            None if settings.tls.health_port is None else PlainHealthPort(self.health)
         )
         self._stop = asyncio.Event()
         self._exit_code = EXIT_OK
@@ -152,12 +157,20 @@ class BackendServer:
         server_settings = self.settings.server
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         address = f"{server_settings.host}:{server_settings.port}"
-        self.port = self.server.add_insecure_port(address)
+        # With TLS set, both APIs serve TLS only (commands/serve.py checked the files already).
+        tls = load_tls(self.settings.tls)
+        if tls is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, grpc_credentials(tls))
         if self.port == 0:
             raise OSError(f"cannot listen on {address}: is the port taken?")
         await self.server.start()
+        if self.health_port is not None:
+            assert self.settings.tls.health_port is not None
+            await self.health_port.start(server_settings.host, self.settings.tls.health_port)
         if self.openai is not None:
-            await self.openai.start()
+            await self.openai.start(tls)
         metrics_port = None
         if server_settings.metrics_port is not None:
             metrics_port = serve_metrics(server_settings.host, server_settings.metrics_port)
@@ -167,6 +180,8 @@ class BackendServer:
             port=self.port,
             metrics_port=metrics_port,
             openai_port=None if self.openai is None else self.openai.port,
+            tls=tls is not None,
+            health_port=None if self.health_port is None else self.health_port.port,
             services=list(self.services.names),
         )
 
@@ -255,8 +270,12 @@ class BackendServer:
         return self._exit_code
 
     async def stop_openai(self) -> None:
+        """Stops the listeners beside gRPC: the OpenAI port, then the plaintext health port."""
         if self.openai is not None:
             await self.openai.stop()
+        # The probes' port goes last, so they see NOT_SERVING rather than a refused connection.
+        if self.health_port is not None:
+            await self.health_port.stop()
 
 
 async def run(settings: Settings, manifest: ModelManifest | None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from zarf_vllm.cli import CommandError
 
@@ -27,6 +28,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="first wait up to SECONDS for the backend to report SERVING",
     )
+    parser.add_argument(
+        "--ca-file", type=Path, help="with TLS: the CA certificate to trust (the Secret's ca.crt)"
+    )
+    parser.add_argument("--cert-file", type=Path, help="with mutual TLS: the client certificate")
+    parser.add_argument("--key-file", type=Path, help="with mutual TLS: the client's private key")
     parser.set_defaults(func=run)
 
 
@@ -37,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         StreamSummary,
         chat_request,
         stream_chat,
+        tls_credentials,
         wait_until_serving,
     )
 
@@ -44,10 +51,22 @@ def run(args: argparse.Namespace) -> int:
     request = chat_request(
         messages, max_new_tokens=args.max_new_tokens, temperature=args.temperature
     )
+    if (args.cert_file or args.key_file) and not (
+        args.ca_file and args.cert_file and args.key_file
+    ):
+        raise CommandError("mutual TLS needs --ca-file, --cert-file and --key-file together")
+    try:
+        credentials = (
+            None
+            if args.ca_file is None
+            else tls_credentials(args.ca_file, args.cert_file, args.key_file)
+        )
+    except OSError as exc:
+        raise CommandError(f"{exc.filename}: {exc.strerror}") from exc
     try:
         if args.wait:
-            wait_until_serving(args.address, args.wait)
-        for item in stream_chat(args.address, request):
+            wait_until_serving(args.address, args.wait, credentials)
+        for item in stream_chat(args.address, request, credentials):
             if isinstance(item, StreamSummary):
                 print(
                     f"\n[{item.finish_reason.lower()}; {item.prompt_tokens} prompt + "

@@ -64,9 +64,12 @@ def run(args: argparse.Namespace) -> int:
     from zarf_vllm.backend.config import ConfigError, load_model_manifest, load_settings
     from zarf_vllm.backend.logs import configure_engine_logging, configure_logging
     from zarf_vllm.backend.runtime import check_model_directory, verify_weights
+    from zarf_vllm.backend.tls import load_tls
 
     try:
         settings = load_settings(args.config, _flag_overrides(args))
+        # Before the model: a certificate mistake should not wait for minutes of loading.
+        load_tls(settings.tls)
         assert settings.model.path is not None
         check_model_directory(settings.model.path)
         manifest = load_model_manifest(settings)

@@ -12,6 +12,7 @@ from zarf_vllm.backend.engine import Engine
 from zarf_vllm.backend.openai.guard import Guard
 from zarf_vllm.backend.openai.serving import build_app
 from zarf_vllm.backend.openai.transport import HttpTransport
+from zarf_vllm.backend.tls import TLSFiles, uvicorn_options
 
 
 class OpenAIFrontend:
@@ -26,10 +27,12 @@ class OpenAIFrontend:
     def port(self) -> int | None:
         return None if self._transport is None else self._transport.port
 
-    async def start(self) -> None:
+    async def start(self, tls: TLSFiles | None = None) -> None:
         server = self._settings.server
         assert server.openai_port is not None
-        self._transport = HttpTransport(self._guard, server.host, server.openai_port)
+        self._transport = HttpTransport(
+            self._guard, server.host, server.openai_port, uvicorn_options(tls)
+        )
         await self._transport.start()
 
     async def attach(self, engine: Engine) -> None:

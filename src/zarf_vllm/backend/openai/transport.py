@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -23,7 +24,10 @@ class _Server(uvicorn.Server):
 
 
 class HttpTransport:
-    def __init__(self, app: ASGIApp, host: str, port: int) -> None:
+    def __init__(
+        self, app: ASGIApp, host: str, port: int, tls_options: dict[str, Any] | None = None
+    ) -> None:
+        """`tls_options`: uvicorn.Config's ssl_* arguments (backend/tls.py); none: plain HTTP."""
         self._socket = socket.create_server((host, port), family=_family(host), backlog=2048)
         self.port: int = self._socket.getsockname()[1]
         config = uvicorn.Config(
@@ -33,6 +37,7 @@ class HttpTransport:
             access_log=False,  # the call tracker logs one JSON line per call instead
             # Streams that outlive the drain are cut when the process stops the engine anyway.
             timeout_graceful_shutdown=5,
+            **(tls_options or {}),
         )
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None
