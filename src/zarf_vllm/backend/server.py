@@ -24,6 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from zarf_vllm.backend.adapter_servers import AdapterServers
+from zarf_vllm.backend.adapters import served_adapters
 from zarf_vllm.backend.calls import Call, CallTracker
 from zarf_vllm.backend.config import Settings
 from zarf_vllm.backend.engine import Engine, EngineDeadError
@@ -80,20 +82,22 @@ class BackendServer:
         )
         self.runtime = Runtime()
         self.health = HealthServicer()
-        self.server = grpc.aio.server(
-            options=[
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                # The LeapfrogAI API multiplexes its calls over one connection; gRPC's limit
-                # on streams per connection would queue calls out of sight of max_in_flight.
-                ("grpc.max_concurrent_streams", settings.limits.max_in_flight + 64),
-            ]
-        )
+        options = [
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            # The LeapfrogAI API multiplexes its calls over one connection; gRPC's limit
+            # on streams per connection would queue calls out of sight of max_in_flight.
+            ("grpc.max_concurrent_streams", settings.limits.max_in_flight + 64),
+        ]
+        self.server = grpc.aio.server(options=options)
         self.services = self._add_services()
+        # LoRA adapters: one gRPC port each (backend/adapter_servers.py), model names on OpenAI.
+        self.adapters = served_adapters(settings, manifest)
+        self.adapter_servers = AdapterServers(self.adapters, self.calls, self.health, options)
         self.openai = (
             None
             if settings.server.openai_port is None
-            else OpenAIFrontend(settings, self.calls, self.served_name)
+            else OpenAIFrontend(settings, self.calls, self.served_name, self.adapters)
         )
         self._stop = asyncio.Event()
         self._exit_code = EXIT_OK
@@ -154,6 +158,7 @@ class BackendServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {address}: is the port taken?")
         await self.server.start()
+        adapter_ports = await self.adapter_servers.start(server_settings.host, server_settings.port)
         if self.openai is not None:
             await self.openai.start()
         metrics_port = None
@@ -166,14 +171,18 @@ class BackendServer:
             metrics_port=metrics_port,
             openai_port=None if self.openai is None else self.openai.port,
             services=list(self.services.names),
+            adapter_ports=adapter_ports,
         )
 
     async def load(self) -> None:
         """Loads the engine off the event loop, warms it up, then reports SERVING."""
         log_event(logger, "loading model", path=str(self.settings.model.path))
         defaults = openai_sampling_defaults(self.settings, self.manifest) if self.openai else None
-        engine = await asyncio.to_thread(Engine.start, self.settings, self.is_embedding, defaults)
+        engine = await asyncio.to_thread(
+            Engine.start, self.settings, self.is_embedding, defaults, self.adapters
+        )
         assemble(self.runtime, engine, self.settings, self.manifest)
+        self.adapter_servers.attach(engine, self.settings, self.manifest)
         self.metrics.watch_engine(engine.unfinished_requests)
         if self.settings.server.warmup:
             await self._warm_up(engine)
@@ -246,6 +255,7 @@ class BackendServer:
                     timeout_s=timeout,
                 )
         await self.server.stop(grace=1.0)
+        await self.adapter_servers.stop(grace=1.0)
         await self.stop_openai()
         if self.runtime.engine is not None:
             self.runtime.engine.shutdown()
@@ -276,6 +286,7 @@ async def run(settings: Settings, manifest: ModelManifest | None) -> int:
     elif loading.done():
         stopping.cancel()
         await backend.server.stop(grace=None)
+        await backend.adapter_servers.stop(grace=None)
         await backend.stop_openai()
         raise loading.exception()  # type: ignore[misc]
     else:
