@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 from argparse import Namespace
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI
@@ -60,7 +61,31 @@ async def build_app(
     # handler gives them the OpenAI error form too.
     app.exception_handler(StarletteHTTPException)(http_exception_handler)
     await init_app_state(engine, app.state, args, tasks)  # type: ignore[arg-type]
+    _name_adapters_in_404s(app.state, adapters)
     return app
+
+
+def _name_adapters_in_404s(state: Any, adapters: Sequence[ServedAdapter]) -> None:
+    """vLLM answers an unknown model name with 404 "... Valid aliases: <base model>.", which
+    leaves out the adapters a client may pick. Each serving object's model check (vLLM's own,
+    still deciding) gets the adapters' names appended to that message."""
+    if not adapters:
+        return
+    names = ", ".join(a.name for a in adapters)
+    for serving in list(state._state.values()):
+        check = getattr(serving, "_check_model", None)
+        if check is not None:
+            serving._check_model = _with_adapter_names(check, names)
+
+
+def _with_adapter_names(check: Callable[[Any], Awaitable[Any]], names: str) -> Any:
+    async def checked(request: Any) -> Any:
+        error = await check(request)
+        if error is not None and error.error.code == HTTPStatus.NOT_FOUND:
+            error.error.message += f" LoRA adapters: {names}."
+        return error
+
+    return checked
 
 
 def _routers(tasks: tuple[str, ...]) -> list[Any]:
