@@ -204,8 +204,10 @@ class Engine:
         self, prompt_ids: list[int], params: SamplingParams, request_id: str
     ) -> AsyncIterator[RequestOutput]:
         """Streams vLLM's outputs; aborts the engine request if the caller stops early."""
+        # The base model's call is exactly what it was without adapters; a view adds its own.
+        lora = {} if self._lora is None else {"lora_request": self._lora}
         stream = self._llm.generate(
-            self._tokens_input(prompt_ids), params, request_id=request_id, lora_request=self._lora
+            self._tokens_input(prompt_ids), params, request_id=request_id, **lora
         )
         finished = False
         try:
