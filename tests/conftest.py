@@ -19,6 +19,7 @@ from zarf_vllm.model.manifest import ModelManifest, load_manifest
 LAYER_MARKERS = {"engine": "engine", "containers": "container"}
 
 
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))

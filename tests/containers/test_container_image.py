@@ -65,11 +65,7 @@ def test_config_labels_and_environment(backend_image: str) -> None:
     config = json.loads(inspect.stdout)[0]["Config"]
     assert config["User"] == "65532:65532"
     assert config["Entrypoint"] == [
-        "/usr/bin/tini",
-        "--",
-        "/opt/venv/bin/python",
-        "-m",
-        "zarf_vllm.backend",
+        "/usr/bin/tini", "--", "/opt/venv/bin/python", "-m", "zarf_vllm.backend"
     ]
     assert config["Cmd"] == ["serve"]
     labels = config["Labels"]

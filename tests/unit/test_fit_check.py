@@ -21,12 +21,8 @@ DEMO = load_manifest(DEMO_MANIFEST)
 MINILM = load_manifest(EMBEDDING_MANIFEST)
 CPU = Machine(gpu_count=0, gpu_memory_mib=0, memory_limit_bytes=8 * sizing.GIB)
 CPU_PROFILE = EngineSettings(
-    dtype="float32",
-    max_model_len=4096,
-    max_num_seqs=16,
-    max_num_batched_tokens=4096,
-    enforce_eager=True,
-    cpu_kvcache_space_gib=2,
+    dtype="float32", max_model_len=4096, max_num_seqs=16, max_num_batched_tokens=4096,
+    enforce_eager=True, cpu_kvcache_space_gib=2,
 )
 
 
