@@ -23,6 +23,16 @@ zarf-vllm/model: {{ toString (.Values.model.id | default "") | trunc 63 | quote 
 {{- .Values.modelName | default .Values.model.id -}}
 {{- end -}}
 
+{{/* The LoRA adapters' gRPC ports, [{name, port, portName}] as JSON: the model's port (50051)
++ 1 + the adapter's index, as zarf_vllm.backend.adapters.adapter_port gives them. */}}
+{{- define "zarf-vllm.adapterPorts" -}}
+{{- $ports := list -}}
+{{- range $index, $name := (.Values.model.adapters | default list) -}}
+{{- $ports = append $ports (dict "name" $name "port" (add 50052 $index) "portName" (printf "lora-%d" $index)) -}}
+{{- end -}}
+{{- toJson $ports -}}
+{{- end -}}
+
 {{- define "zarf-vllm.serviceHost" -}}
 {{- printf "%s.%s.svc.%s" (include "zarf-vllm.fullname" .) .Release.Namespace .Values.clusterDomain -}}
 {{- end -}}
@@ -119,9 +129,10 @@ true
 /etc/zarf-vllm-tls
 {{- end -}}
 
-{{- /* With TLS, kubelet's gRPC probes (plaintext only) go to this health-only port. */ -}}
+{{- /* With TLS, kubelet's gRPC probes (plaintext only) go to this health-only port: below the
+       gRPC port, since the LoRA adapters' ports follow it (adapterPorts). */ -}}
 {{- define "zarf-vllm.healthPort" -}}
-50052
+50050
 {{- end -}}
 
 {{- define "zarf-vllm.probePort" -}}

@@ -82,6 +82,11 @@ containers:
       - name: grpc
         containerPort: 50051
         protocol: TCP
+      {{- range include "zarf-vllm.adapterPorts" $root | fromJsonArray }}
+      - name: {{ .portName }}
+        containerPort: {{ int .port }}
+        protocol: TCP
+      {{- end }}
       - name: metrics
         containerPort: 9090
         protocol: TCP

@@ -60,7 +60,7 @@ def test_the_secret_is_mounted_and_the_backend_reads_its_files(tmp_path: Path, m
     assert tls == {
         "cert_file": "/etc/zarf-vllm-tls/tls.crt",
         "key_file": "/etc/zarf-vllm-tls/tls.key",
-        "health_port": 50052,
+        "health_port": 50050,
     }
     # The file names are a kubernetes.io/tls Secret's keys: with such a Secret's files in the
     # mount's place, the backend's own start-up check accepts them.
@@ -78,8 +78,8 @@ def test_the_secret_is_mounted_and_the_backend_reads_its_files(tmp_path: Path, m
 def test_probes_use_the_plaintext_health_port() -> None:
     container = container_of(rendered(TLS_SECRET="backend-tls"))
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"] == {"port": 50052, "service": ""}, probe
-    assert {"name": "health", "containerPort": 50052, "protocol": "TCP"} in container["ports"]
+        assert container[probe]["grpc"] == {"port": 50050, "service": ""}, probe
+    assert {"name": "health", "containerPort": 50050, "protocol": "TCP"} in container["ports"]
 
 
 def test_the_service_exposes_no_health_port_and_says_https() -> None:

@@ -85,6 +85,23 @@ class EngineSettings(_Section):
     cpu_kvcache_space_gib: Annotated[
         int | None, Field(gt=0, description="KV cache size on the CPU (VLLM_CPU_KVCACHE_SPACE)")
     ] = None
+    enable_lora: Annotated[
+        bool | None,
+        Field(description="Serve the manifest's LoRA adapters; null: on when it lists any"),
+    ] = None
+    max_loras: Annotated[
+        int | None,
+        Field(gt=0, description="Adapters in one batch (vLLM max_loras); null: all of them"),
+    ] = None
+    max_lora_rank: Annotated[
+        int | None,
+        Field(
+            gt=0,
+            description="Largest adapter rank (vLLM max_lora_rank); null: the manifest's "
+            "largest, rounded up to a rank vLLM accepts",
+        ),
+    ] = None
+
     # Several nodes (vLLM's own multi-node support, its `mp` executor, no Ray): the layers are
     # split into pipeline_parallel_size stages, tensor parallel inside each node. Node 0 (the
     # leader, `serve`) runs the engine and the API; nodes 1.. run `worker`. Every node reads the

@@ -7,6 +7,7 @@ Everything that touches vLLM's API lives here, so the services speak in plain te
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import signal
 import uuid
@@ -14,12 +15,14 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from zarf_vllm.backend.config import Settings
+from zarf_vllm.backend.adapters import ServedAdapter
+from zarf_vllm.backend.config import EngineSettings, Settings
 from zarf_vllm.backend.logs import get_logger, log_event
 from zarf_vllm.model import sizing
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
+    from vllm.lora.request import LoRARequest
     from vllm.outputs import RequestOutput
     from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -74,11 +77,39 @@ def resolve_enforce_eager(requested: bool | None, *, on_cpu: bool) -> bool:
     return on_cpu
 
 
+def lora_rank(rank: int) -> int:
+    """The smallest max_lora_rank vLLM accepts (its LoRAConfig's list) that holds `rank`."""
+    from typing import get_args
+
+    from vllm.config.lora import MaxLoRARanks
+
+    allowed = sorted(get_args(MaxLoRARanks))
+    fitting = [r for r in allowed if r >= rank]
+    if not fitting:
+        raise ValueError(f"LoRA rank {rank} is above vLLM's largest, {allowed[-1]}")
+    return fitting[0]
+
+
+def lora_args(engine: EngineSettings, adapters: Sequence[ServedAdapter]) -> dict[str, Any]:
+    """enable_lora, max_loras and max_lora_rank: the settings' where set, else from the
+    adapters served (all of them in one batch, their largest rank)."""
+    enabled = engine.enable_lora if engine.enable_lora is not None else bool(adapters)
+    if not enabled:
+        return {}
+    rank = engine.max_lora_rank or max((a.rank for a in adapters), default=1)
+    return {
+        "enable_lora": True,
+        "max_loras": engine.max_loras or max(len(adapters), 1),
+        "max_lora_rank": lora_rank(rank),
+    }
+
+
 def engine_args(
     settings: Settings,
     is_embedding: bool,
     dtype: str,
     sampling_defaults: dict[str, Any] | None = None,
+    adapters: Sequence[ServedAdapter] = (),
     *,
     on_cpu: bool,
 ) -> dict[str, Any]:
@@ -113,6 +144,7 @@ def engine_args(
     args.update(multinode_args(settings))
     if is_embedding:
         args["runner"] = "pooling"
+    args.update(lora_args(engine, adapters))
     if sampling_defaults:
         args["override_generation_config"] = dict(sampling_defaults)
     return args
@@ -141,7 +173,10 @@ def _set_cpu_kvcache(settings: Settings) -> None:
 
 
 def _resolved_args(
-    settings: Settings, is_embedding: bool, sampling_defaults: dict[str, Any] | None = None
+    settings: Settings,
+    is_embedding: bool,
+    sampling_defaults: dict[str, Any] | None = None,
+    adapters: Sequence[ServedAdapter] = (),
 ) -> dict[str, Any]:
     """The engine arguments with the dtype and eager mode resolved for the platform this
     process runs on."""
@@ -154,7 +189,9 @@ def _resolved_args(
     )
     if dtype != requested:
         log_event(logger, "engine dtype chosen", requested=requested, dtype=dtype)
-    return engine_args(settings, is_embedding, dtype, sampling_defaults, on_cpu=on_cpu)
+    return engine_args(
+        settings, is_embedding, dtype, sampling_defaults, adapters, on_cpu=on_cpu
+    )
 
 
 def run_worker(settings: Settings, is_embedding: bool) -> None:
@@ -238,6 +275,7 @@ class Engine:
         # Kept, not imported per call: vLLM's lazy module __getattr__ is slow on a hot path.
         self._tokens_input = tokens_input
         self._pooling_params = PoolingParams
+        self._lora: LoRARequest | None = None  # set on an adapter's view (for_adapter)
 
     @classmethod
     def start(
@@ -245,6 +283,7 @@ class Engine:
         settings: Settings,
         is_embedding: bool,
         sampling_defaults: dict[str, Any] | None = None,
+        adapters: Sequence[ServedAdapter] = (),
     ) -> Engine:
         """Loads the model; blocks until the engine core is up (seconds to minutes)."""
         _set_cpu_kvcache(settings)
@@ -253,7 +292,7 @@ class Engine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         on_cpu = current_platform.is_cpu()
-        args = _resolved_args(settings, is_embedding, sampling_defaults)
+        args = _resolved_args(settings, is_embedding, sampling_defaults, adapters)
         llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
 
         model_config = llm.model_config
@@ -264,6 +303,15 @@ class Engine:
             per_request_seed=not on_cpu,
         )
         return cls(llm, facts)
+
+    def for_adapter(self, adapter: ServedAdapter) -> Engine:
+        """The same engine, generating through `adapter`'s LoRA weights (vLLM loads them at
+        first use, and keeps up to max_loras in the batch at once)."""
+        from vllm.lora.request import LoRARequest
+
+        view = copy.copy(self)
+        view._lora = LoRARequest(adapter.name, adapter.lora_id, str(adapter.path))
+        return view
 
     # -- generation ---------------------------------------------------------------------
 
@@ -278,7 +326,11 @@ class Engine:
         self, prompt_ids: list[int], params: SamplingParams, request_id: str
     ) -> AsyncIterator[RequestOutput]:
         """Streams vLLM's outputs; aborts the engine request if the caller stops early."""
-        stream = self._llm.generate(self._tokens_input(prompt_ids), params, request_id=request_id)
+        # The base model's call is exactly what it was without adapters; a view adds its own.
+        lora = {} if self._lora is None else {"lora_request": self._lora}
+        stream = self._llm.generate(
+            self._tokens_input(prompt_ids), params, request_id=request_id, **lora
+        )
         finished = False
         try:
             async for output in stream:

@@ -24,6 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from zarf_vllm.backend.adapter_servers import AdapterServers
+from zarf_vllm.backend.adapters import served_adapters
 from zarf_vllm.backend.calls import Call, CallTracker
 from zarf_vllm.backend.config import Settings
 from zarf_vllm.backend.engine import Engine, EngineDeadError
@@ -83,21 +85,22 @@ class BackendServer:
         )
         self.runtime = Runtime()
         self.health = HealthServicer()
-        self.server = grpc.aio.server(
-            interceptors=[MalformedRequests()],
-            options=[
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                # The LeapfrogAI API multiplexes its calls over one connection; gRPC's limit
-                # on streams per connection would queue calls out of sight of max_in_flight.
-                ("grpc.max_concurrent_streams", settings.limits.max_in_flight + 64),
-            ],
-        )
+        options = [
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            # The LeapfrogAI API multiplexes its calls over one connection; gRPC's limit
+            # on streams per connection would queue calls out of sight of max_in_flight.
+            ("grpc.max_concurrent_streams", settings.limits.max_in_flight + 64),
+        ]
+        self.server = grpc.aio.server(interceptors=[MalformedRequests()], options=options)
         self.services = self._add_services()
+        # LoRA adapters: one gRPC port each (backend/adapter_servers.py), model names on OpenAI.
+        self.adapters = served_adapters(settings, manifest)
+        self.adapter_servers = AdapterServers(self.adapters, self.calls, self.health, options)
         self.openai = (
             None
             if settings.server.openai_port is None
-            else OpenAIFrontend(settings, self.calls, self.served_name)
+            else OpenAIFrontend(settings, self.calls, self.served_name, self.adapters)
         )
         self.health_port = (
             None if settings.tls.health_port is None else PlainHealthPort(self.health)
@@ -169,6 +172,11 @@ class BackendServer:
         if self.health_port is not None:
             assert self.settings.tls.health_port is not None
             await self.health_port.start(server_settings.host, self.settings.tls.health_port)
+        adapter_ports = await self.adapter_servers.start(
+            server_settings.host,
+            server_settings.port,
+            None if tls is None else grpc_credentials(tls),
+        )
         if self.openai is not None:
             await self.openai.start(tls)
         metrics_port = None
@@ -183,14 +191,18 @@ class BackendServer:
             tls=tls is not None,
             health_port=None if self.health_port is None else self.health_port.port,
             services=list(self.services.names),
+            adapter_ports=adapter_ports,
         )
 
     async def load(self) -> None:
         """Loads the engine off the event loop, warms it up, then reports SERVING."""
         log_event(logger, "loading model", path=str(self.settings.model.path))
         defaults = openai_sampling_defaults(self.settings, self.manifest) if self.openai else None
-        engine = await asyncio.to_thread(Engine.start, self.settings, self.is_embedding, defaults)
+        engine = await asyncio.to_thread(
+            Engine.start, self.settings, self.is_embedding, defaults, self.adapters
+        )
         assemble(self.runtime, engine, self.settings, self.manifest)
+        self.adapter_servers.attach(engine, self.settings, self.manifest)
         self.metrics.watch_engine(engine.unfinished_requests)
         if self.settings.server.warmup:
             await self._warm_up(engine)
@@ -263,6 +275,7 @@ class BackendServer:
                     timeout_s=timeout,
                 )
         await self.server.stop(grace=1.0)
+        await self.adapter_servers.stop(grace=1.0)
         await self.stop_openai()
         if self.runtime.engine is not None:
             self.runtime.engine.shutdown()
@@ -297,6 +310,7 @@ async def run(settings: Settings, manifest: ModelManifest | None) -> int:
     elif loading.done():
         stopping.cancel()
         await backend.server.stop(grace=None)
+        await backend.adapter_servers.stop(grace=None)
         await backend.stop_openai()
         raise loading.exception()  # type: ignore[misc]
     else:

@@ -23,6 +23,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
+ADAPTER_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+# Where a model's LoRA adapters live inside its weights directory: adapters/<name>/<file>.
+# The pull, the verification, the image layers and the server all place them with
+# `adapter_dir`, so the layout is decided here alone.
+ADAPTERS_DIR = "adapters"
 REVISION_PATTERN = r"^[0-9a-f]{40}$"
 MANIFEST_ID_PATTERN = r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$"
 
@@ -194,6 +199,46 @@ class Task(StrEnum):
     embed = "embed"
 
 
+def adapter_dir(name: str) -> str:
+    """An adapter's directory, relative to the model's weights directory."""
+    return f"{ADAPTERS_DIR}/{name}"
+
+
+class Adapter(_Strict):
+    """A LoRA adapter served on the same engine as the model (docs/lora.md)."""
+
+    name: Annotated[
+        str,
+        Field(
+            pattern=ADAPTER_NAME_PATTERN,
+            description="The adapter's model name on the OpenAI API, and its directory name",
+        ),
+    ]
+    source: Annotated[
+        HuggingFaceSource | LocalSource,
+        Field(discriminator="kind", description="Where its files come from (no recipes)"),
+    ]
+    files: Annotated[
+        list[ManifestFile] | None,
+        Field(
+            description="Its files (adapter_config.json, adapter weights), relative to the "
+            "adapter's own directory; null while unlocked"
+        ),
+    ] = None
+    rank: Annotated[int, Field(gt=0, le=512, description="The LoRA rank r of adapter_config.json")]
+
+    @property
+    def locked(self) -> bool:
+        if self.files is None:
+            return False
+        return not (isinstance(self.source, HuggingFaceSource) and self.source.revision is None)
+
+    def placed_files(self) -> list[ManifestFile]:
+        """Its files with paths relative to the model's weights directory."""
+        prefix = adapter_dir(self.name)
+        return [f.model_copy(update={"path": f"{prefix}/{f.path}"}) for f in self.files or []]
+
+
 class ModelManifest(_Strict):
     id: Annotated[str, Field(pattern=MANIFEST_ID_PATTERN, description="The file's name, no .yaml")]
     display_name: str
@@ -208,6 +253,10 @@ class ModelManifest(_Strict):
     chat: Chat = Chat()
     sampling: SamplingDefaults = SamplingDefaults()
     task: Task = Task.generate
+    adapters: Annotated[
+        list[Adapter],
+        Field(description="LoRA adapters served on the same engine; generation models only"),
+    ] = []
 
     @model_validator(mode="after")
     def _files_are_unique(self) -> ModelManifest:
@@ -218,12 +267,39 @@ class ModelManifest(_Strict):
                 raise ValueError(f"files lists these paths more than once: {duplicates}")
         return self
 
+    @model_validator(mode="after")
+    def _adapters_fit(self) -> ModelManifest:
+        if not self.adapters:
+            return self
+        if self.task != Task.generate:
+            raise ValueError("adapters are for generation models only: remove them or the task")
+        names = [a.name for a in self.adapters]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"adapters lists these names more than once: {duplicates}")
+        if self.id in names:
+            raise ValueError(f"adapter name {self.id!r} is the model's id: rename the adapter")
+        clash = [f.path for f in self.files or [] if f.path.startswith(f"{ADAPTERS_DIR}/")]
+        if clash:
+            raise ValueError(
+                f"model files under {ADAPTERS_DIR}/ ({clash[:3]}) would mix with the adapters' "
+                "files: that directory is reserved for `adapters`"
+            )
+        return self
+
     @property
     def locked(self) -> bool:
-        """True when the exact bytes are recorded: the revision (for the Hub) and every file."""
+        """True when the exact bytes are recorded: the revision (for the Hub) and every file,
+        the adapters' included."""
         if self.files is None:
             return False
+        if not all(adapter.locked for adapter in self.adapters):
+            return False
         return not (isinstance(self.source, HuggingFaceSource) and self.source.revision is None)
+
+    @property
+    def max_adapter_rank(self) -> int | None:
+        return max((a.rank for a in self.adapters), default=None)
 
     @property
     def weight_bytes(self) -> int:
@@ -261,7 +337,10 @@ def weights_key(manifest: ModelManifest) -> str:
     A directory verified against one key is still good for any manifest with the same key,
     so editing a manifest's sampling defaults or chat format never forces a re-download.
     """
-    identity = manifest.model_dump(mode="json", include={"source", "files"})
+    fields = {"source", "files"}
+    if manifest.adapters:  # absent when empty, so the keys of models without adapters stay
+        fields.add("adapters")
+    identity = manifest.model_dump(mode="json", include=fields)
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 

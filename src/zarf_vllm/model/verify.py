@@ -19,13 +19,16 @@ VERIFY_MODES: tuple[VerifyMode, ...] = ("size", "full")
 
 
 def locked_files(manifest: ModelManifest) -> list[ManifestFile]:
-    """The manifest's files; an unlocked manifest has nothing to verify against."""
+    """The manifest's files, then its adapters' (placed under adapters/<name>/); an unlocked
+    manifest has nothing to verify against."""
     if not manifest.locked or manifest.files is None:
         raise UnlockedManifestError(
-            f"manifest {manifest.id!r} is unlocked (no pinned revision and files): run "
-            "`python -m zarf_vllm.packaging lock MANIFEST` on a connected machine first"
+            f"manifest {manifest.id!r} is unlocked (no pinned revision and files, for the "
+            "model and each adapter): run `python -m zarf_vllm.packaging lock MANIFEST` on a "
+            "connected machine first"
         )
-    return manifest.files
+    adapter_files = [f for adapter in manifest.adapters for f in adapter.placed_files()]
+    return [*manifest.files, *adapter_files]
 
 
 def check_sizes(directory: Path, files: Sequence[ManifestFile]) -> None:

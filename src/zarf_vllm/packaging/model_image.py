@@ -5,7 +5,8 @@ injection, nothing downloaded at deploy time). On top of the backend image's lay
 
 - one layer with `/models/<id>.manifest.yaml` (the manifest file as written, comments and all)
   and the `/models/<id>/` directories;
-- one layer per weight file, `/models/<id>/<path>`, sorted by path.
+- one layer per weight file, `/models/<id>/<path>`, sorted by path;
+- one layer per LoRA adapter, `/models/<id>/adapters/<name>/` with all its files.
 
 Every entry is owned by UID/GID 65532 (the serving user) with mtime 0, so the same weights give
 the same layer digests on any machine, and a registry or the Docker engine stores a weight file
@@ -35,6 +36,7 @@ from zarf_vllm.model.manifest import (
     LocalSource,
     ModelManifest,
     RecipeSource,
+    adapter_dir,
     weights_key,
 )
 from zarf_vllm.model.verify import check_sizes, locked_files
@@ -184,22 +186,38 @@ def open_base(base: str, work: Path, *, need_blobs: bool) -> BaseImage:
 # --- layers, config, manifest --------------------------------------------------------------
 
 
+def _layer_groups(manifest: ModelManifest) -> dict[str, list[str]]:
+    """Layer name -> the weight-directory paths it holds: one layer per model file (a file two
+    images share is stored once), one per adapter (its few files together, under
+    adapters/<name>/), so adding or changing an adapter leaves the model's layers alone."""
+    placed = {f.path for a in manifest.adapters for f in a.placed_files()}
+    groups = {f.path: [f.path] for f in locked_files(manifest) if f.path not in placed}
+    for adapter in manifest.adapters:
+        groups[adapter_dir(adapter.name)] = sorted(f.path for f in adapter.placed_files())
+    return groups
+
+
 def _weight_layers(
     layout: Layout, manifest: ModelManifest, weights: Path, workers: int
 ) -> dict[str, WrittenLayer]:
     model_dir = f"{MODELS_ROOT}/{manifest.id}"
     expected = {f.path: f.sha256 for f in locked_files(manifest)}
+    groups = _layer_groups(manifest)
 
-    def build(path: str) -> WrittenLayer:
-        entry = LayerEntry(f"{model_dir}/{path}", source=weights / path)
-        layer = write_layer(layout, [entry], OWNER)
-        actual = layer.file_sha256[entry.path]
-        if actual != expected[path]:
-            raise FileVerificationError.mismatch(path, "sha256", expected[path], actual)
+    def build(name: str) -> WrittenLayer:
+        entries = [LayerEntry(f"{model_dir}/{p}", source=weights / p) for p in groups[name]]
+        layer = write_layer(layout, entries, OWNER)
+        for path, entry in zip(groups[name], entries, strict=True):
+            actual = layer.file_sha256[entry.path]
+            if actual != expected[path]:
+                raise FileVerificationError.mismatch(path, "sha256", expected[path], actual)
         return layer
 
-    # Largest first, so that the last file to finish is a small one.
-    ordered = sorted(expected, key=lambda p: -(weights / p).stat().st_size)
+    def size(name: str) -> int:
+        return sum((weights / p).stat().st_size for p in groups[name])
+
+    # Largest first, so that the last layer to finish is a small one.
+    ordered = sorted(groups, key=lambda name: -size(name))
     return dict(map_parallel(build, ordered, workers))
 
 
@@ -239,7 +257,7 @@ class ModelImage:
     ref: str  # its name in the layout and the Docker tag
     config_digest: str  # the image ID in the Docker engine
     manifest_digest: str | None  # None when the base layers stayed in the engine
-    weight_layers: dict[str, str]  # weight file path -> layer digest
+    weight_layers: dict[str, str]  # weight file path, or adapters/<name>, -> layer digest
     layers: list[Descriptor | None]  # every layer, base first; None: held by the engine
     layout: Path | None = None  # the OCI layout directory, if kept
 
@@ -323,7 +341,7 @@ def build_model_image(
         work = Path(tmp)
         base_image = open_base(base, work, need_blobs=need_blobs)
         out = work / "image"  # renamed to layout_dir only once complete
-        log(f"writing {len(manifest.files or [])} weight layers for {tag}")
+        log(f"writing {len(_layer_groups(manifest))} weight layers for {tag}")
         image = assemble(
             base_image, manifest, manifest_path.read_bytes(), weights, out, tag, workers=workers
         )

@@ -325,6 +325,8 @@ def _model_values(manifest: ModelManifest) -> dict:
     return {
         "id": manifest.id,
         "displayName": manifest.display_name,
+        # Each gets a gRPC port and a LeapfrogAI discovery entry (zarf-vllm.adapterPorts).
+        "adapters": [adapter.name for adapter in manifest.adapters],
     }
 
 

@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     import asyncio
 
+    from zarf_vllm.backend.adapters import served_adapters
     from zarf_vllm.backend.config import ConfigError, load_model_manifest, load_settings
     from zarf_vllm.backend.logs import configure_engine_logging, configure_logging
     from zarf_vllm.backend.runtime import check_model_directory, verify_weights
@@ -74,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         check_model_directory(settings.model.path)
         manifest = load_model_manifest(settings)
         verify_weights(settings, manifest)
+        served_adapters(settings, manifest)  # refuses adapters it could not serve, before loading
     except ConfigError as exc:
         raise CommandError(str(exc), exit_code=2) from exc
     configure_logging(settings.server.log_level)

@@ -6,6 +6,9 @@ builds vLLM's serving layer on the loaded engine, `stop()` ends the transport af
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from zarf_vllm.backend.adapters import ServedAdapter
 from zarf_vllm.backend.calls import CallTracker
 from zarf_vllm.backend.config import Settings
 from zarf_vllm.backend.engine import Engine
@@ -16,11 +19,18 @@ from zarf_vllm.backend.tls import TLSFiles, uvicorn_options
 
 
 class OpenAIFrontend:
-    def __init__(self, settings: Settings, calls: CallTracker, served_name: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        calls: CallTracker,
+        served_name: str,
+        adapters: Sequence[ServedAdapter] = (),
+    ) -> None:
         key = settings.openai.api_key
         self._guard = Guard(calls, None if key is None else key.get_secret_value())
         self._settings = settings
         self._served_name = served_name
+        self._adapters = tuple(adapters)
         self._transport: HttpTransport | None = None
 
     @property
@@ -37,7 +47,8 @@ class OpenAIFrontend:
 
     async def attach(self, engine: Engine) -> None:
         model_path = str(self._settings.model.path)
-        self._guard.attach(await build_app(engine.async_llm, model_path, self._served_name))
+        app = await build_app(engine.async_llm, model_path, self._served_name, self._adapters)
+        self._guard.attach(app)
 
     async def stop(self) -> None:
         if self._transport is not None:

@@ -31,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from zarf_vllm.model.errors import WeightsError
     from zarf_vllm.model.manifest import ManifestError, load_manifest
-    from zarf_vllm.model.verify import verify_directory
+    from zarf_vllm.model.verify import locked_files, verify_directory
     from zarf_vllm.packaging import project
 
     mode = "size" if args.fast else "full"
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         verify_directory(args.directory, manifest, mode, workers=args.workers)
     except (ManifestError, WeightsError) as exc:
         raise CommandError(str(exc)) from exc
-    files = manifest.files or []
+    files = locked_files(manifest)
     print(
         f"verify: {args.directory} matches {manifest.id} ({len(files)} files, "
         f"{sum(f.size for f in files):,} bytes, {mode}) in {time.monotonic() - start:.1f}s",

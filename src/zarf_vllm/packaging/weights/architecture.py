@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from zarf_vllm.model.errors import ArchitectureMismatchError
-from zarf_vllm.model.manifest import Architecture, ModelManifest, Quantization
+from zarf_vllm.model.manifest import ADAPTERS_DIR, Architecture, ModelManifest, Quantization
 
 # tie_word_embeddings defaults of the transformers config classes, for configs that omit it.
 TIED_DEFAULTS = {
@@ -94,9 +94,12 @@ def _quantization_problems(config: dict[str, Any], expected: Quantization) -> li
 
 
 def safetensors_parameters(directory: Path) -> int | None:
-    """Floating-point elements in every *.safetensors file (headers only); None: no files."""
+    """Floating-point elements in every *.safetensors file (headers only); None: no files.
+    The LoRA adapters' files (adapters/) are not the model's parameters."""
     total, found = 0, False
     for path in sorted(directory.rglob("*.safetensors")):
+        if path.relative_to(directory).parts[0] == ADAPTERS_DIR:
+            continue
         found = True
         with open(path, "rb") as f:
             (length,) = struct.unpack("<Q", f.read(8))

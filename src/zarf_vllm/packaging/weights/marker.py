@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from zarf_vllm.model.manifest import ManifestFile, ModelManifest, weights_key
+from zarf_vllm.model.verify import locked_files
 
 MARKER_NAME = ".zarf-vllm-verified.json"
 
@@ -79,8 +80,8 @@ def is_verified(directory: Path | str, manifest: ModelManifest) -> bool:
     directory and no file has changed size or mtime since. Cheap: one stat per file."""
     directory = Path(directory)
     marker = read_marker(directory)
-    if marker is None or not marker.complete or manifest.files is None:
+    if marker is None or not marker.complete or not manifest.locked:
         return False
     if marker.key != weights_key(manifest):
         return False
-    return all(marker.vouches_for(directory, entry) for entry in manifest.files)
+    return all(marker.vouches_for(directory, entry) for entry in locked_files(manifest))

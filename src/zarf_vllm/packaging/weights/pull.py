@@ -27,6 +27,7 @@ from zarf_vllm.model.manifest import (
     ManifestFile,
     ModelManifest,
     RecipeSource,
+    adapter_dir,
     weights_key,
 )
 from zarf_vllm.model.verify import check_sizes, locked_files
@@ -189,7 +190,11 @@ def _keep_existing(staging: _Staging, dest: Path, todo: list[ManifestFile], log:
 
 
 def _fetch_hub(
-    staging: _Staging, source: HuggingFaceSource, todo: list[ManifestFile], workers: int
+    staging: _Staging,
+    source: HuggingFaceSource,
+    todo: list[ManifestFile],
+    workers: int,
+    prefix: str = "",
 ) -> None:
     from zarf_vllm.packaging.weights.hub import (
         download_file,  # huggingface_hub loads only when something downloads
@@ -200,7 +205,8 @@ def _fetch_hub(
 
     def fetch(entry: ManifestFile) -> Path:
         target = staging.dir / entry.path
-        download_file(source.repo, revision, entry, staging.partial(entry), target)
+        in_repo = entry.model_copy(update={"path": entry.path.removeprefix(prefix)})
+        download_file(source.repo, revision, in_repo, staging.partial(entry), target)
         return target
 
     for entry, path in map_parallel(fetch, sorted(todo, key=lambda f: -f.size), workers):
@@ -219,15 +225,18 @@ def _check_and_accept(staging: _Staging, entry: ManifestFile, path: Path) -> Non
     staging.accept(entry, path)
 
 
-def _fetch_local(staging: _Staging, source: LocalSource, todo: list[ManifestFile]) -> None:
+def _fetch_local(
+    staging: _Staging, source: LocalSource, todo: list[ManifestFile], prefix: str = ""
+) -> None:
     root = Path(source.path)
 
     def copy(entry: ManifestFile) -> Path:
-        if not (root / entry.path).is_file():
-            raise FileVerificationError.missing(entry.path, root)
+        relative = entry.path.removeprefix(prefix)
+        if not (root / relative).is_file():
+            raise FileVerificationError.missing(relative, root)
         target = staging.partial(entry)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(root / entry.path, target)
+        shutil.copyfile(root / relative, target)
         return target
 
     for entry, path in map_parallel(copy, todo):
@@ -245,6 +254,26 @@ def _fetch_recipe(
     run_recipe(source, work, cache_dir())
     for entry in todo:
         _check_and_accept(staging, entry, work / entry.path)
+
+
+Source = HuggingFaceSource | LocalSource | RecipeSource
+
+
+def _by_source(
+    manifest: ModelManifest, todo: list[ManifestFile]
+) -> list[tuple[Source, str, list[ManifestFile]]]:
+    """The files still to fetch, grouped by where they come from: the model's source, then
+    each adapter's, with the prefix (adapters/<name>/) their paths carry in the directory."""
+    left = {f.path: f for f in todo}
+    groups: list[tuple[Source, str, list[ManifestFile]]] = []
+    for adapter in manifest.adapters:
+        prefix = f"{adapter_dir(adapter.name)}/"
+        group = [left.pop(f.path) for f in adapter.placed_files() if f.path in left]
+        if group:
+            groups.append((adapter.source, prefix, group))
+    if left:
+        groups.insert(0, (manifest.source, "", list(left.values())))
+    return groups
 
 
 def pull(
@@ -274,13 +303,13 @@ def pull(
         if todo:
             total = sum(f.size for f in todo)
             log(f"{len(kept)} file(s) already verified, {len(todo)} to fetch ({total:,} bytes)")
-        source = manifest.source
-        if todo and isinstance(source, HuggingFaceSource):
-            _fetch_hub(staging, source, todo, workers)
-        elif todo and isinstance(source, LocalSource):
-            _fetch_local(staging, source, todo)
-        elif todo and isinstance(source, RecipeSource):
-            _fetch_recipe(staging, source, todo, log)
+        for source, prefix, group in _by_source(manifest, todo):
+            if isinstance(source, HuggingFaceSource):
+                _fetch_hub(staging, source, group, workers, prefix)
+            elif isinstance(source, LocalSource):
+                _fetch_local(staging, source, group, prefix)
+            else:
+                _fetch_recipe(staging, source, group, log)
         check_sizes(staging.dir, files)
         check_architecture(staging.dir, manifest)
         staging.finish(dest)
