@@ -68,6 +68,8 @@ def engine_args(settings: Settings, is_embedding: bool, dtype: str) -> dict[str,
         "served_model_name": settings.model.name,
         "dtype": dtype,
         "tensor_parallel_size": engine.tensor_parallel_size,
+        # The whole node: vLLM runs this many engines and balances requests over them.
+        "data_parallel_size": engine.data_parallel_size,
         "gpu_memory_utilization": engine.gpu_memory_utilization,
         "enforce_eager": engine.enforce_eager,
         "kv_cache_dtype": engine.kv_cache_dtype,

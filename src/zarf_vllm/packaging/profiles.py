@@ -292,8 +292,8 @@ def _profile_values(
             else (f"KV cache {fit.kv_capacity_tokens} tokens")
         )
         note = (
-            f"fits: TP {fit.tensor_parallel_size}, max_model_len {fit.max_model_len}, {kv}, "
-            f"{fit.host_memory_gib} GiB host memory"
+            f"fits: TP {fit.tensor_parallel_size}, DP {fit.data_parallel_size}, "
+            f"max_model_len {fit.max_model_len}, {kv}, {fit.host_memory_gib} GiB host memory"
         )
     else:
         note = f"refused: {refusal}"
@@ -343,6 +343,7 @@ def _constants(chart_dir: Path) -> dict[str, object]:
             for bound in sizing.BOUNDS
         ],
         "kvUsablePercent": sizing.KV_USABLE_PERCENT,
+        "maxHostCpu": sizing.MAX_HOST_CPU,
         "cpuQuantizations": list(sizing.CPU_QUANTIZATIONS),
         "cudaTotalShortfallBytes": sizing.CUDA_TOTAL_SHORTFALL_BYTES,
         "freeAtStartShortfallBytes": sizing.FREE_AT_START_SHORTFALL_BYTES,
@@ -431,7 +432,11 @@ def fit_table(catalog: Sequence[ModelManifest], profiles: Sequence[Profile]) -> 
         cells = []
         for outcome in outcomes(model, sized):
             fit = outcome.fit
-            cells.append(f"TP {fit.tensor_parallel_size} / {fit.max_model_len}" if fit else "no")
+            cells.append(
+                f"TP {fit.tensor_parallel_size} x DP {fit.data_parallel_size} / {fit.max_model_len}"
+                if fit
+                else "no"
+            )
         weights = f"{model.weight_bytes / sizing.GIB:.2f} GiB"
         lines.append(f"| {manifest.id} | {weights} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
