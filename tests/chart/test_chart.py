@@ -198,8 +198,8 @@ def test_the_config_file_is_the_backends(tmp_path, monkeypatch) -> None:
     # The chart writes what the fit decides, and leaves the rest to config.py's defaults.
     assert set(config["engine"]) == {
         "dtype", "max_model_len", "tensor_parallel_size", "data_parallel_size",
-        "gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens", "enforce_eager", "kv_cache_dtype",
-        "cpu_kvcache_space_gib",
+        "gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens", "enforce_eager",
+        "kv_cache_dtype", "cpu_kvcache_space_gib",
     }  # fmt: skip
     assert config["sampling"] == {} and config["chat"] == {}
     # The weights' place is the model image's to say: its environment, not the chart's config.
