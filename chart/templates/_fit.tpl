@@ -71,13 +71,23 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- $kvBytes := int64 (get $c.kvBytes $kvDtype) -}}
 {{- $tp := 1 -}}{{- $capacity := -1 -}}{{- $usable := -1 -}}{{- $kvGib := 0 -}}{{- $gpuCount := 0 -}}{{- $memoryMib := 0 -}}
 {{- $util := int64 (get $o "utilPermille" | default $hw.utilPermille) -}}
-{{- $runtime := add (get $c.tensorParallel "1").hostRuntimeBytes $activation -}}
+{{- $dp := 1 -}}
 {{- if $cpu -}}
 {{- $kvGib = int64 (get $o "cpuKvcacheGib" | default $hw.cpuKvcacheGib) -}}
 {{- if gt $kvBytes 0 }}{{ $capacity = div (mul $kvGib $k.gib) $kvBytes }}{{ $usable = mul (max (sub (div $capacity $k.cpuBlockSize) 1) 0) $k.cpuBlockSize }}{{ end -}}
 {{- if and (gt $kvBytes 0) (lt $usable $required) -}}
 {{- $blocks := add (div (add $required (sub $k.cpuBlockSize 1)) $k.cpuBlockSize) 1 -}}
 {{- include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.cpuShortKv $c.model $name $kvGib $capacity $kvBytes $usable (int64 $k.cpuBlockSize) $needed (include "zarf-vllm.gib" (mul $blocks $k.cpuBlockSize $kvBytes)))) -}}
+{{- end -}}
+{{- /* data parallel on the CPU (sizing.data_parallel_cpu): one engine unless set */ -}}
+{{- $dp = int64 (get $o "dataParallelSize" | default 1) -}}
+{{- if hasKey $o "hostCpu" -}}
+{{- if lt (int64 $o.hostCpu) $dp }}{{ fail (printf $m.dataParallelFewCores (int64 $o.hostCpu) $dp $dp) }}{{ end -}}
+{{- else -}}
+{{- $limit := $hw.bounds.hostCpu -}}{{- $where := printf $m.coresOfProfile $name -}}
+{{- if kindIs "invalid" $limit }}{{ $limit = $k.maxHostCpu }}{{ $where = $m.coresOfAny }}{{ end -}}
+{{- $cores := mul $hw.hostCpu $dp -}}
+{{- if gt $cores (int64 $limit) }}{{ fail (printf $m.dataParallelCores $dp (int64 $hw.hostCpu) $cores (int64 $limit) $where (div (int64 $limit) (int64 $hw.hostCpu))) }}{{ end -}}
 {{- end -}}
 {{- else -}}
 {{- $gpuCount = int64 (get $o "gpuCount" | default $hw.gpuCount | default 0) -}}
@@ -127,13 +137,21 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.gpuShortKv $where (include "zarf-vllm.gib" $room) $w $a $r (int64 (get $capacities (toString $tp))) $kvBytes (int64 $k.kvUsablePercent) (int64 (get $usables (toString $tp))) $needed (include "zarf-vllm.gib" (div (add (mul $required $kvBytes 100) (sub (mul $k.kvUsablePercent $tp $stages) 1)) (mul $k.kvUsablePercent $tp $stages))))) -}}
 {{- end -}}
 {{- if gt $kvBytes 0 }}{{ $capacity = int64 (get $capacities (toString $tp)) }}{{ $usable = int64 (get $usables (toString $tp)) }}{{ end -}}
-{{- $runtime = $cost.hostRuntimeBytes -}}
+{{- /* the whole node (sizing.data_parallel_gpu): as many engines as the GPUs hold, unless set */ -}}
+{{- $most := div $gpuCount $tp -}}
+{{- $dp = int64 (get $o "dataParallelSize" | default $most) -}}
+{{- if gt $dp $most }}{{ fail (printf $m.dataParallelGpus $dp $tp (mul $dp $tp) $gpuCount $name $most) }}{{ end -}}
 {{- end -}}
-{{- /* host memory: what loading needs, against HOST_MEMORY_GIB or what the profile's nodes give */ -}}
-{{- $shmGib := int64 (get $c.tensorParallel (toString $tp)).shmGib -}}
-{{- $need := div (add $c.weightBytes $runtime (mul (add $kvGib $shmGib) $k.gib) (sub $k.gib 1)) $k.gib -}}
-{{- $parts := printf $m.hostParts (include "zarf-vllm.gib" $c.weightBytes) (include "zarf-vllm.gib" $runtime) -}}
-{{- if gt $kvGib 0 }}{{ $parts = print $parts (printf $m.hostPartsKv $kvGib) }}{{ end -}}
+{{- /* host memory: what loading needs, against HOST_MEMORY_GIB or what the profile's nodes give;
+       every engine counted (sizing.EngineHost) */ -}}
+{{- $tpCost := get $c.tensorParallel (toString $tp) -}}
+{{- $runtime := add $tpCost.hostRuntimeBytes (mul (sub $dp 1) $tpCost.engineHostBytes) (ternary (mul $activation $dp) 0 $cpu) -}}
+{{- $weights := mul $c.weightBytes (ternary $dp 1 $cpu) -}}
+{{- $shmGib := mul (int64 $tpCost.shmGib) $dp -}}
+{{- $kvTotal := mul $kvGib $dp -}}
+{{- $need := div (add $weights $runtime (mul (add $kvTotal $shmGib) $k.gib) (sub $k.gib 1)) $k.gib -}}
+{{- $parts := printf $m.hostParts (include "zarf-vllm.gib" $weights) (include "zarf-vllm.gib" $runtime) -}}
+{{- if gt $kvTotal 0 }}{{ $parts = print $parts (printf $m.hostPartsKv $kvTotal) }}{{ end -}}
 {{- if gt $shmGib 0 }}{{ $parts = print $parts (printf $m.hostPartsShm $shmGib) }}{{ end -}}
 {{- $host := int64 (get $o "hostMemoryGib" | default $need) -}}
 {{- if lt $host $need }}{{ include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.hostBelowNeed $host $need $c.model $name $parts)) }}{{ end -}}
@@ -142,12 +160,12 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- $length := ternary $maxLen $classLen (gt $maxLen 0) -}}
 {{- if and (le $maxLen 0) (ge $usable 0) }}{{ $length = min $classLen (mul (div $usable $k.blockSize) $k.blockSize) }}{{ end -}}
 {{- dict
-  "profile" $name "model" $c.model "gpus" (ternary 0 $tp $cpu) "gpuMemoryMib" $memoryMib
-  "tensorParallelSize" $tp "dtype" $c.dtype "kvCacheDtype" $kvDtype "utilPermille" $util
+  "profile" $name "model" $c.model "gpus" (ternary 0 (mul $tp $dp) $cpu) "gpuMemoryMib" $memoryMib
+  "tensorParallelSize" $tp "dataParallelSize" $dp "dtype" $c.dtype "kvCacheDtype" $kvDtype "utilPermille" $util
   "maxModelLen" $length "maxNumSeqs" $seqs "maxNumBatchedTokens" $batched
   "enforceEager" $hw.enforceEager "cpuKvcacheGib" (ternary $kvGib nil $cpu)
   "kvBytesPerToken" $kvBytes "kvCapacityTokens" $capacity "shmGib" $shmGib "hostMemoryGib" $host
-  "hostCpu" (int64 (get $o "hostCpu" | default (mul $hw.hostCpu $tp))) "startupSeconds" $c.startupSeconds
+  "hostCpu" (int64 (get $o "hostCpu" | default (mul $hw.hostCpu $tp $dp))) "startupSeconds" $c.startupSeconds
   "nodes" $stages "pipelineParallelSize" $stages
   | toJson -}}
 {{- end -}}

@@ -168,6 +168,7 @@ what the values set, so the manifest's own defaults apply otherwise.
   "dtype" $fit.dtype
   "max_model_len" (int64 $fit.maxModelLen)
   "tensor_parallel_size" (int64 $fit.tensorParallelSize)
+  "data_parallel_size" (int64 $fit.dataParallelSize)
   "gpu_memory_utilization" (include "zarf-vllm.permille" $fit.utilPermille | float64)
   "max_num_seqs" (int64 $fit.maxNumSeqs)
   "max_num_batched_tokens" (int64 $fit.maxNumBatchedTokens)

@@ -110,11 +110,12 @@ containers:
     {{- end }}
     {{- if eq $gpus 0 }}
       # vLLM-CPU: no pinning to host cores the pod's CPU quota does not own, and one
-      # OpenMP thread per core the pod may use.
+      # OpenMP thread per core the pod may use, shared out among its engines (data
+      # parallel: each engine's worker reads OMP_NUM_THREADS).
       - name: VLLM_CPU_OMP_THREADS_BIND
         value: nobind
       - name: OMP_NUM_THREADS
-        value: {{ $fit.hostCpu | int64 | quote }}
+        value: {{ div (int64 $fit.hostCpu) (int64 $fit.dataParallelSize) | quote }}
     {{- else if ne $role "single" }}
       # vLLM advertises this address for its message queues between the nodes' ranks.
       - name: VLLM_HOST_IP

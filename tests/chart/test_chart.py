@@ -56,6 +56,7 @@ def assert_agrees(result: Preview, fit: Fit) -> None:
     """The chart's numbers are Python's."""
     engine = config_of(result)["engine"]
     assert engine["tensor_parallel_size"] == fit.tensor_parallel_size
+    assert engine["data_parallel_size"] == fit.data_parallel_size
     assert engine["max_model_len"] == fit.max_model_len
     assert engine["max_num_seqs"] == fit.max_num_seqs
     assert engine["max_num_batched_tokens"] == fit.max_num_batched_tokens
@@ -90,6 +91,13 @@ def assert_agrees(result: Preview, fit: Fit) -> None:
         ]
     else:
         assert not shm
+    if not fit.gpus:
+        # Each engine's OpenMP threads: the pod's cores shared out among its engines.
+        threads = {e["name"]: e["value"] for e in container["env"]}["OMP_NUM_THREADS"]
+        assert threads == str(fit.host_cpu // fit.data_parallel_size)
+    assert pod["metadata"]["annotations"]["zarf-vllm/data-parallel-size"] == str(
+        fit.data_parallel_size
+    )
     probe = container["startupProbe"]
     assert probe["failureThreshold"] * probe["periodSeconds"] >= fit.startup_seconds
 
@@ -123,6 +131,7 @@ OVERRIDES = {
     "GPU_COUNT": st.sampled_from(["1", "2", "3", "4", "8"]),
     "GPU_MEMORY_GIB": st.sampled_from(["16", "24", "48", "80", "141", "288", "9999"]),
     "TENSOR_PARALLEL_SIZE": st.sampled_from(["1", "2", "3", "4", "8"]),
+    "DATA_PARALLEL_SIZE": st.sampled_from(["1", "2", "3", "5", "8"]),
     "MAX_MODEL_LEN": st.sampled_from(
         ["1", "512", "2048", "4096", "5000", "32768", "131072", "200000"]
     ),
@@ -189,9 +198,9 @@ def test_the_config_file_is_the_backends(tmp_path, monkeypatch) -> None:
         assert set(keys) <= set(known), section
     # The chart writes what the fit decides, and leaves the rest to config.py's defaults.
     assert set(config["engine"]) == {
-        "dtype", "max_model_len", "tensor_parallel_size", "gpu_memory_utilization",
-        "max_num_seqs", "max_num_batched_tokens", "enforce_eager", "kv_cache_dtype",
-        "cpu_kvcache_space_gib",
+        "dtype", "max_model_len", "tensor_parallel_size", "data_parallel_size",
+        "gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens", "enforce_eager",
+        "kv_cache_dtype", "cpu_kvcache_space_gib",
     }  # fmt: skip
     assert config["sampling"] == {} and config["chat"] == {}
     # The weights' place is the model image's to say: its environment, not the chart's config.
@@ -547,3 +556,30 @@ def test_the_schema_rejects_what_slips_past_zarf() -> None:
                 chart.render(values=broken, name="x", namespace="y")
         with pytest.raises(Exception, match="/profile"):
             chart.render(values={**chosen, "profile": "H100"}, name="x", namespace="y")
+
+
+def test_the_whole_node_serves_the_model_through_data_parallel() -> None:
+    """8B on h100-80gb-x8: eight engines of one GPU; 70B: two of four. One pod asks for all 8."""
+    for manifest_id, tp, dp in (("llama-3.1-8b-instruct", 1, 8), ("llama-3.1-70b-instruct", 4, 2)):
+        result = run_preview(manifest_id, PROFILE="h100-80gb-x8")
+        assert isinstance(result, Preview), str(result)
+        engine = config_of(result)["engine"]
+        assert (engine["tensor_parallel_size"], engine["data_parallel_size"]) == (tp, dp)
+        container = deployment_of(result)["spec"]["template"]["spec"]["containers"][0]
+        assert container["resources"]["requests"]["nvidia.com/gpu"] == 8
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
+    one = run_preview("llama-3.1-8b-instruct", PROFILE="h100-80gb-x8", DATA_PARALLEL_SIZE="1")
+    assert isinstance(one, Preview), str(one)
+    assert config_of(one)["engine"]["data_parallel_size"] == 1
+    pod = deployment_of(one)["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["requests"]["nvidia.com/gpu"] == 1
+    message = refusal("llama-3.1-70b-instruct", PROFILE="h100-80gb-x8", DATA_PARALLEL_SIZE="3")
+    assert message == (
+        "DATA_PARALLEL_SIZE=3 engines at tensor parallel 4 need 12 GPUs, more than the 8 GPU(s) "
+        "of a node of profile h100-80gb-x8 (GPU_COUNT): use at most 2, or leave it empty for "
+        "the whole node"
+    )
+    cpu = demo(DATA_PARALLEL_SIZE="2")
+    assert config_of(cpu)["engine"]["data_parallel_size"] == 2
+    container = deployment_of(cpu)["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["requests"]["cpu"] == "8"

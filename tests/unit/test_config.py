@@ -57,6 +57,7 @@ def test_config_file_from_the_environment(tmp_path, monkeypatch) -> None:
     ("data", "expected"),
     [
         ({"engine": {"max_model_len": 0}}, "engine.max_model_len"),
+        ({"engine": {"data_parallel_size": 0}}, "engine.data_parallel_size"),
         ({"engine": {"gpu_memory_utilization": 2}}, "engine.gpu_memory_utilization"),
         ({"limits": {"max_in_flight": -1}}, "limits.max_in_flight"),
         ({"sampling": {"top_p": 0}}, "sampling.top_p"),

@@ -20,6 +20,7 @@ from zarf_vllm.model.manifest import load_manifest
 DEMO = load_manifest(DEMO_MANIFEST)
 MINILM = load_manifest(EMBEDDING_MANIFEST)
 CPU = Machine(gpu_count=0, gpu_memory_mib=0, memory_limit_bytes=8 * sizing.GIB)
+CPU_FIT_GIB = 7  # what the demo model needs on the cpu profile (docs/profiles.md)
 CPU_PROFILE = EngineSettings(
     dtype="float32", max_model_len=4096, max_num_seqs=16, max_num_batched_tokens=4096,
     enforce_eager=True, cpu_kvcache_space_gib=2,
@@ -63,10 +64,25 @@ def test_the_embedding_models_rendered_length_is_what_vllm_derives() -> None:
 
 
 def test_gpu_settings_need_the_gpus_they_name() -> None:
-    with pytest.raises(ConfigError, match="tensor_parallel_size=2 needs that many GPUs"):
+    needs = r"tensor_parallel_size=2 x engine\.data_parallel_size=1 needs 2 GPUs; this machine"
+    with pytest.raises(ConfigError, match=needs):
         check_fit(EngineSettings(tensor_parallel_size=2), DEMO, Machine(1, 23028, None))
     fit = check_fit(EngineSettings(max_model_len=8192), DEMO, Machine(1, 23028, None))
     assert fit is not None and fit.gpus == 1
+
+
+def test_data_parallel_engines_each_take_their_gpus() -> None:
+    two = EngineSettings(max_model_len=8192, data_parallel_size=2)
+    needs = r"tensor_parallel_size=1 x engine\.data_parallel_size=2 needs 2 GPUs; this machine"
+    with pytest.raises(ConfigError, match=needs):
+        check_fit(two, DEMO, Machine(1, 23028, None))
+    fit = check_fit(two, DEMO, Machine(2, 23028, None))
+    assert fit is not None and (fit.gpus, fit.data_parallel_size) == (2, 2)
+    # On the CPU each engine holds its own KV cache, so a limit for one does not hold two.
+    one_limit = Machine(0, 0, CPU_FIT_GIB * sizing.GIB)
+    assert check_fit(CPU_PROFILE, DEMO, one_limit) is not None
+    with pytest.raises(ConfigError, match="HOST_MEMORY_GIB=7 is less than the"):
+        check_fit(CPU_PROFILE.model_copy(update={"data_parallel_size": 2}), DEMO, one_limit)
 
 
 def test_the_memory_limit_is_read_or_none() -> None:

@@ -133,9 +133,10 @@ def test_tp_candidates_divide_attention_and_kv_heads_and_the_gpu_count() -> None
 def test_tensor_parallel_is_the_smallest_size_with_a_useful_cache() -> None:
     h100 = {"memory_mib": 81559, "util_permille": 920}
     assert size(LLAMA_70B, gpu(count=4, **h100)).tensor_parallel_size == 4
-    # On eight GPUs, four already hold two 128k-token sequences: the other four stay free.
+    # On eight GPUs, four already hold two 128k-token sequences: the other four serve a second
+    # engine of four (test_the_whole_node_serves_through_data_parallel).
     x8 = size(LLAMA_70B, gpu(count=8, **h100))
-    assert x8.tensor_parallel_size == 4 and x8.gpus == 4
+    assert x8.tensor_parallel_size == 4 and x8.gpus == 8
     assert x8.kv_capacity_tokens >= sizing.USEFUL_KV_SEQUENCES * 131072
     # An 8B model needs no split even with eight GPUs on the node.
     assert size(LLAMA_8B, gpu(count=8, **h100)).tensor_parallel_size == 1
@@ -457,6 +458,9 @@ def test_every_fit_respects_vllms_rules_and_the_memory_budget(
         assert fit.max_model_len <= fit.kv_capacity_tokens * sizing.KV_USABLE_PERCENT // 100
         assert used + fit.kv_capacity_tokens * fit.kv_bytes_per_token // t <= budget
     assert (fit.shm_gib > 0) == (t > 1)
+    # The whole node: as many engines of t GPUs as the node has, each sized as for one.
+    assert fit.data_parallel_size == (hw.gpu_count or 0) // t
+    assert fit.gpus == fit.tensor_parallel_size * fit.data_parallel_size == hw.gpu_count
 
 
 def test_cpu_dtype_bfloat16_is_sized_at_its_own_bytes_and_only_on_the_cpu() -> None:
@@ -526,3 +530,84 @@ def test_embedding_models_are_refused_across_nodes() -> None:
     with pytest.raises(Refused, match="does not run with pipeline parallelism") as refused:
         size(MINILM, gpu(count=8, nodes=2))
     assert refused.value.fit
+
+
+# -- the whole node: data parallel ------------------------------------------------------------
+
+H100_X8 = gpu("h100-80gb-x8", count=8, memory_mib=81559, util_permille=920, host_max_cpu=224)
+
+
+def test_the_whole_node_serves_through_data_parallel() -> None:
+    # An 8B model needs one GPU: the node's eight serve it as eight engines.
+    small = size(LLAMA_8B, H100_X8)
+    assert (small.tensor_parallel_size, small.data_parallel_size, small.gpus) == (1, 8, 8)
+    # 70B needs four: two engines of four.
+    large = size(LLAMA_70B, H100_X8)
+    assert (large.tensor_parallel_size, large.data_parallel_size, large.gpus) == (4, 2, 8)
+    # Each engine is sized as one alone: the same per-engine KV cache and context.
+    for model, whole in ((LLAMA_8B, small), (LLAMA_70B, large)):
+        one = size(model, H100_X8, Overrides(data_parallel_size=1))
+        assert one.data_parallel_size == 1 and one.gpus == one.tensor_parallel_size
+        assert one.kv_capacity_tokens == whole.kv_capacity_tokens
+        assert one.max_model_len == whole.max_model_len
+    # The pod counts every engine: cores per GPU x 8; host memory, written out from the
+    # constants: the weights' page cache once, the runtime, a worker per GPU and an engine
+    # core per engine past the first; /dev/shm per rank of each TP engine.
+    assert small.host_cpu == large.host_cpu == 8 * 8
+    need = (
+        16_060_522_496
+        + sizing.HOST_RUNTIME_BYTES
+        + 8 * sizing.HOST_BYTES_PER_GPU_WORKER
+        + 7 * sizing.HOST_BYTES_PER_ENGINE
+    )
+    assert small.host_memory_gib == sizing.ceil_div(need, GIB) and small.shm_gib == 0
+    need = (
+        141_107_412_992
+        + sizing.HOST_RUNTIME_BYTES
+        + 8 * sizing.HOST_BYTES_PER_GPU_WORKER
+        + 1 * sizing.HOST_BYTES_PER_ENGINE
+    )
+    assert large.shm_gib == 2 * 4
+    assert large.host_memory_gib == sizing.ceil_div(need + 8 * GIB, GIB)
+
+
+def test_data_parallel_size_is_bounded_by_the_nodes_gpus() -> None:
+    three = Overrides(data_parallel_size=3)
+    with pytest.raises(Refused) as refused:
+        size(LLAMA_70B, H100_X8, three)
+    assert str(refused.value) == (
+        "DATA_PARALLEL_SIZE=3 engines at tensor parallel 4 need 12 GPUs, more than the 8 GPU(s) "
+        "of a node of profile h100-80gb-x8 (GPU_COUNT): use at most 2, or leave it empty for "
+        "the whole node"
+    )
+    assert not refused.value.fit
+    # Fewer engines than the node holds leave GPUs to other workloads; GPU_COUNT narrows it.
+    assert size(LLAMA_8B, H100_X8, three).gpus == 3
+    assert size(LLAMA_8B, H100_X8, Overrides(gpu_count=2)).data_parallel_size == 2
+    fixed = size(LLAMA_8B, H100_X8, Overrides(tensor_parallel_size=2))
+    assert (fixed.data_parallel_size, fixed.gpus) == (4, 8)
+
+
+def test_data_parallel_on_the_cpu_is_one_engine_unless_set_and_counts_each() -> None:
+    one = size(SMOLLM2, CPU)
+    assert (one.data_parallel_size, one.gpus, one.host_cpu) == (1, 0, 4)
+    two = size(SMOLLM2, CPU, Overrides(data_parallel_size=2))
+    assert (two.data_parallel_size, two.gpus, two.host_cpu) == (2, 0, 8)
+    # Per engine: the same KV cache and context.
+    assert (two.cpu_kvcache_gib, two.max_model_len) == (one.cpu_kvcache_gib, one.max_model_len)
+    # Each engine holds its own float32 weights, activations, KV cache and /dev/shm queue.
+    weights = 2 * 269_060_552
+    activation = 4096 * 576 * 32 * 2 + 16 * 49152 * 8  # float32: twice the 16-bit bytes
+    runtime = sizing.HOST_RUNTIME_BYTES + sizing.HOST_BYTES_PER_ENGINE + 2 * activation
+    kv_and_shm = 2 * (2 + sizing.CPU_SHM_GIB) * GIB
+    assert two.shm_gib == 2 * sizing.CPU_SHM_GIB
+    assert two.host_memory_gib == sizing.ceil_div(2 * weights + runtime + kv_and_shm, GIB)
+    with pytest.raises(Refused) as refused:
+        size(SMOLLM2, CPU, Overrides(data_parallel_size=5))
+    assert str(refused.value) == (
+        "DATA_PARALLEL_SIZE=5 engines of 4 cores each need 20 cores, more than the 16 a node of "
+        "profile cpu gives one pod: use at most 4, or set HOST_CPU"
+    )
+    with pytest.raises(Refused, match=r"HOST_CPU=1 gives the 2 engines \(DATA_PARALLEL_SIZE\)"):
+        size(SMOLLM2, CPU, Overrides(data_parallel_size=2, host_cpu=1))
+    assert size(SMOLLM2, CPU, Overrides(data_parallel_size=2, host_cpu=2)).host_cpu == 2

@@ -67,6 +67,9 @@ class EngineSettings(_Section):
     dtype: str = "auto"
     max_model_len: Annotated[int | None, Field(gt=0)] = None
     tensor_parallel_size: Annotated[int, Field(ge=1)] = 1
+    data_parallel_size: Annotated[
+        int, Field(ge=1, description="Engines of tensor_parallel_size GPUs each (vLLM's DP)")
+    ] = 1
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
     max_num_seqs: Annotated[int | None, Field(gt=0)] = None
     max_num_batched_tokens: Annotated[int | None, Field(gt=0)] = None

@@ -124,6 +124,8 @@ def engine_args(
         "served_model_name": settings.model.name,
         "dtype": dtype,
         "tensor_parallel_size": engine.tensor_parallel_size,
+        # The whole node: vLLM runs this many engines and balances requests over them.
+        "data_parallel_size": engine.data_parallel_size,
         "gpu_memory_utilization": engine.gpu_memory_utilization,
         "enforce_eager": resolve_enforce_eager(engine.enforce_eager, on_cpu=on_cpu),
         "kv_cache_dtype": engine.kv_cache_dtype,

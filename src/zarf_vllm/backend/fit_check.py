@@ -97,14 +97,17 @@ def check_fit(
     on_cpu = machine.gpu_count == 0
     if on_cpu and settings.cpu_kvcache_space_gib is None and model.task != "embed":
         return None
-    if not on_cpu and settings.tensor_parallel_size > machine.gpu_count:
+    # Every engine (data parallel) takes tensor_parallel_size GPUs of its own.
+    gpus = settings.tensor_parallel_size * settings.data_parallel_size
+    if not on_cpu and gpus > machine.gpu_count:
         raise ConfigError(
-            f"engine.tensor_parallel_size={settings.tensor_parallel_size} needs that many GPUs; "
+            f"engine.tensor_parallel_size={settings.tensor_parallel_size} x "
+            f"engine.data_parallel_size={settings.data_parallel_size} needs {gpus} GPUs; "
             f"this machine has {machine.gpu_count}"
         )
     hardware = sizing.Hardware(
         name=MACHINE,
-        gpu_count=0 if on_cpu else settings.tensor_parallel_size,
+        gpu_count=0 if on_cpu else gpus,
         gpu_memory_mib=machine.gpu_memory_mib,
         host_cpu=1,
         host_memory_gib=None,
@@ -123,6 +126,8 @@ def check_fit(
     limit = machine.memory_limit_bytes
     overrides = sizing.Overrides(
         max_model_len=settings.max_model_len,
+        tensor_parallel_size=None if on_cpu else settings.tensor_parallel_size,
+        data_parallel_size=settings.data_parallel_size,
         max_num_seqs=settings.max_num_seqs,
         max_num_batched_tokens=settings.max_num_batched_tokens,
         host_memory_gib=None if limit is None else limit // sizing.GIB,

