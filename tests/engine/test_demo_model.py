@@ -25,7 +25,7 @@ def demo_backend(
         tmp_path_factory.mktemp("demo"),
         {
             "model": {"manifest": str(DEMO_MANIFEST), "verify": "full"},
-            "engine": {"dtype": "auto", "max_model_len": 2048},
+            "engine": {"dtype": "auto", "max_model_len": 4096},
             # Every token its own chunk, so the multi-byte test sees every token boundary.
             "server": {"stream_interval_ms": 0},
         },
