@@ -129,7 +129,7 @@ def test_rendered_values_hold_every_profile_and_the_model(manifest_id: str, flav
     assert set(rendered["costs"]) == expected
     assert rendered["messages"] == sizing.MESSAGES
     # Where the weights are is the model image's to say (its BACKEND_MODEL__PATH), not the chart's.
-    assert set(rendered["model"]) == {"id", "displayName"}
+    assert set(rendered["model"]) == {"id", "displayName", "adapters"}
     expected_fits = [o.fit.summary for o in outcomes(model, PROFILES) if o.fit]
     assert rendered["fits"] == expected_fits
     custom = rendered["profiles"]["custom"]
