@@ -147,7 +147,7 @@ def test_rendered_values_hold_every_profile_and_the_model(manifest_id: str, flav
 
 def test_rendered_values_say_in_comments_what_fits() -> None:
     text = render_values(manifest("smollm2-135m-instruct"), flavor="cpu", catalog=CATALOG)
-    fits = "# cpu: fits: TP 1, DP 1, max_model_len 4096, KV cache 46603 tokens, 7 GiB host memory"
+    fits = "# cpu: fits: TP 1 x DP 1, max_model_len 4096, KV cache 46603 tokens, 7 GiB host memory"
     assert fits in text
     assert "# custom: refused: profile custom needs GPU_COUNT and GPU_MEMORY_GIB" in text
 
@@ -210,7 +210,7 @@ def test_values_command_writes_the_file_and_reports_the_fit(tmp_path, capsys) ->
     assert main(["values", "smollm2-135m-instruct", "--flavor", "cuda", "--out", str(out)]) == 0
     assert yaml.safe_load(out.read_text())["flavor"] == "cuda"
     err = capsys.readouterr().err
-    assert "values: smollm2-135m-instruct: fits: cpu (TP 1, DP 1, max_model_len 4096)" in err
+    assert "values: smollm2-135m-instruct: fits: cpu (TP 1 x DP 1, max_model_len 4096)" in err
     assert main(["values", "--table"]) == 0
     table = capsys.readouterr().out
     assert table.startswith("| manifest | weights | cpu | l4-24gb |")

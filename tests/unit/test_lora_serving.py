@@ -68,7 +68,7 @@ def test_engine_arguments_follow_the_adapters(tmp_path: Path, model_dir: Path) -
     served = served_adapters(settings, manifest)
     args = engine_args(settings, False, "float32", None, served, on_cpu=True)
     assert (args["enable_lora"], args["max_loras"], args["max_lora_rank"]) == (True, 2, 16)
-    assert "enable_lora" not in engine_args(settings, False, "float32")
+    assert "enable_lora" not in engine_args(settings, False, "float32", on_cpu=True)
     capped = lora_args(EngineSettings(max_loras=1, max_lora_rank=64), served)
     assert capped == {"enable_lora": True, "max_loras": 1, "max_lora_rank": 64}
     assert lora_args(EngineSettings(enable_lora=True), ()) == {

@@ -512,7 +512,7 @@ def test_across_nodes_each_gpu_holds_its_share_of_its_stages_layers() -> None:
     # 16 GPUs: each keeps 1/8 of the KV heads of 1/2 of the layers of every token.
     assert fit.kv_capacity_tokens == room * 8 * 2 // kv_bytes
     assert fit.max_model_len == 131072
-    assert fit.summary == "gpu (TP 8 x PP 2, max_model_len 131072)"
+    assert fit.summary == "gpu (TP 8 x DP 1 x PP 2, max_model_len 131072)"
 
 
 def test_one_node_of_eight_80_gb_gpus_cannot_hold_405b() -> None:
