@@ -116,3 +116,26 @@ cluster without it is refused, since the object could not be applied. */}}
 true
 {{- end -}}
 {{- end -}}
+
+{{/* INFERENCE_POOL: "true", "false", or "auto" (when the cluster serves the InferencePool API
+and ENDPOINT_PICKER names a picker); `true` is refused where the pool could not work. */}}
+{{- define "zarf-vllm.inferencePool" -}}
+{{- $mode := toString .Values.inferencePool.enabled -}}
+{{- $served := .Capabilities.APIVersions.Has "inference.networking.k8s.io/v1/InferencePool" -}}
+{{- $picker := toString .Values.inferencePool.endpointPicker -}}
+{{- $openai := include "zarf-vllm.openai" . -}}
+{{- if eq $mode "true" -}}
+{{- if not $served -}}
+{{- fail "INFERENCE_POOL=true, but this cluster does not serve inference.networking.k8s.io/v1 InferencePool: install the Gateway API Inference Extension's CRDs first, or deploy with INFERENCE_POOL=auto or false" -}}
+{{- end -}}
+{{- if eq $picker "" -}}
+{{- fail "INFERENCE_POOL=true needs ENDPOINT_PICKER, the endpoint picker's Service (service[:port]) in this namespace: deploy one (llm-d's or the Inference Extension's) and name it, or set INFERENCE_POOL=false" -}}
+{{- end -}}
+{{- if not $openai -}}
+{{- fail "INFERENCE_POOL=true routes the OpenAI API, which OPENAI_API=false turns off: set OPENAI_API=true, or INFERENCE_POOL=false" -}}
+{{- end -}}
+true
+{{- else if and (eq $mode "auto") $served (ne $picker "") $openai -}}
+true
+{{- end -}}
+{{- end -}}

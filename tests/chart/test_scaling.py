@@ -324,3 +324,52 @@ def test_notes_tell_the_pod_count_and_the_headless_address() -> None:
     assert "Pods: 3, each sized as above." in notes
     assert "dns:///demo-headless.lfai.svc.cluster.local:50051 (round_robin)" in notes
     assert "REPLICAS is empty: the count of pods, each sized as above, is your autoscaler's" in mine
+
+
+POOL_API = "inference.networking.k8s.io/v1/InferencePool"
+
+
+def test_an_inference_pool_routes_the_openai_port_through_the_endpoint_picker() -> None:
+    # auto: only where the cluster has the API and a picker is named.
+    assert not of_kind(rendered((POOL_API,), PROFILE="cpu"), "InferencePool")
+    assert not of_kind(rendered(ENDPOINT_PICKER="epp", PROFILE="cpu"), "InferencePool")
+    result = rendered((POOL_API,), PROFILE="cpu", ENDPOINT_PICKER="llm-d-epp")
+    (pool,) = of_kind(result, "InferencePool")
+    service = next(s for s in of_kind(result, "Service") if s["metadata"]["name"] == NAME)
+    assert pool["spec"]["selector"] == {"matchLabels": service["spec"]["selector"]}
+    openai = next(p for p in service["spec"]["ports"] if p["name"] == "openai")
+    assert pool["spec"]["targetPorts"] == [{"number": openai["port"]}]
+    assert pool["spec"]["endpointPickerRef"] == {
+        "kind": "Service",
+        "name": "llm-d-epp",
+        "port": {"number": 9002},
+        "failureMode": "FailClose",
+    }
+    assert_valid(result)
+    named = rendered((POOL_API,), PROFILE="cpu", ENDPOINT_PICKER="epp:9100")
+    assert of_kind(named, "InferencePool")[0]["spec"]["endpointPickerRef"]["port"] == {
+        "number": 9100
+    }
+
+
+@pytest.mark.parametrize(
+    ("apis", "sets", "why"),
+    [
+        ((), {"INFERENCE_POOL": "true", "ENDPOINT_PICKER": "epp"}, "does not serve"),
+        ((POOL_API,), {"INFERENCE_POOL": "true"}, "needs ENDPOINT_PICKER"),
+        (
+            (POOL_API,),
+            {"INFERENCE_POOL": "true", "ENDPOINT_PICKER": "epp", "OPENAI_API": "false"},
+            "OPENAI_API=false",
+        ),
+        ((POOL_API,), {"ENDPOINT_PICKER": "epp:70000"}, "not a port"),
+    ],
+)
+def test_an_inference_pool_that_cannot_work_is_refused(
+    apis: tuple[str, ...], sets: dict[str, str], why: str
+) -> None:
+    assert why in refused(apis, PROFILE="cpu", **sets)
+
+
+def test_bad_endpoint_picker_is_refused_by_its_pattern() -> None:
+    assert "ENDPOINT_PICKER" in refused((POOL_API,), PROFILE="cpu", ENDPOINT_PICKER="Epp Service")

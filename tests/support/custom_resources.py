@@ -175,7 +175,33 @@ def leader_worker_pods(lws: dict) -> list[dict]:
     ]
 
 
+# Gateway API Inference Extension v1 (its API reference: InferencePoolSpec, EndpointPickerRef).
+INFERENCE_POOL_SPEC = _closed(
+    {
+        "selector": _closed({"matchLabels": _STRING_MAP}, ("matchLabels",)),
+        "targetPorts": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 8,
+            "items": _closed({"number": {"type": "integer", "minimum": 1, "maximum": 65535}}),
+        },
+        "appProtocol": {"enum": ["http", "kubernetes.io/h2c"]},
+        "endpointPickerRef": _closed(
+            {
+                "group": _STRING,
+                "kind": _STRING,
+                "name": _STRING,
+                "port": _closed({"number": {"type": "integer", "minimum": 1, "maximum": 65535}}),
+                "failureMode": {"enum": ["FailOpen", "FailClose"]},
+            },
+            ("name",),
+        ),
+    },
+    ("selector", "targetPorts", "endpointPickerRef"),
+)
+
 CUSTOM_SPECS = {
+    ("inference.networking.k8s.io/v1", "InferencePool"): INFERENCE_POOL_SPEC,
     ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"): LEADER_WORKER_SET_SPEC,
     ("keda.sh/v1alpha1", "ScaledObject"): SCALED_OBJECT_SPEC,
     ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE_SPEC,

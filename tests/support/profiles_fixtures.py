@@ -78,7 +78,7 @@ LWS_API = "leaderworkerset.x-k8s.io/v1/LeaderWorkerSet"
 
 def run_preview(manifest_id: str, **sets: str) -> Preview | PreviewError:
     """A multi-node profile's pairs render on a cluster that serves LeaderWorkerSet, as such a
-    profile requires (tests/chart/test_multinode.py checks the refusal without it)."""
+    profile requires (tests/chart/test_multinode_chart.py checks the refusal without it)."""
     name = sets.get("PROFILE", "cpu")
     known = name in PROFILE_NAMES
     apis = (LWS_API,) if known and profile(name).nodes > 1 else ()
