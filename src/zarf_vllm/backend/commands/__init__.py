@@ -1,1 +1,2 @@
-"""The backend's CLI commands, one module each: `serve` and `chat`."""
+"""The backend's CLI commands, one module each: `serve`, `worker` and `chat`;
+`model_settings` holds what `serve` and `worker` share."""

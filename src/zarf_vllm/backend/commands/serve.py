@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from zarf_vllm.backend.commands.model_settings import checked_model, flag_overrides
 from zarf_vllm.cli import CommandError
 
 
@@ -46,11 +47,7 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
         ("server", "metrics_port"): args.metrics_port,
         ("server", "openai_port"): args.openai_port,
     }
-    overrides: dict[str, Any] = {}
-    for (section, key), value in flags.items():
-        if value is not None:
-            overrides.setdefault(section, {})[key] = value
-    return overrides
+    return flag_overrides(flags)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,19 +59,15 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     from zarf_vllm.backend.adapters import served_adapters
-    from zarf_vllm.backend.config import ConfigError, load_model_manifest, load_settings
+    from zarf_vllm.backend.config import ConfigError, load_settings
     from zarf_vllm.backend.logs import configure_engine_logging, configure_logging
-    from zarf_vllm.backend.runtime import check_model_directory, verify_weights
     from zarf_vllm.backend.tls import load_tls
 
     try:
         settings = load_settings(args.config, _flag_overrides(args))
         # Before the model: a certificate mistake should not wait for minutes of loading.
         load_tls(settings.tls)
-        assert settings.model.path is not None
-        check_model_directory(settings.model.path)
-        manifest = load_model_manifest(settings)
-        verify_weights(settings, manifest)
+        manifest = checked_model(settings)
         served_adapters(settings, manifest)  # refuses adapters it could not serve, before loading
     except ConfigError as exc:
         raise CommandError(str(exc), exit_code=2) from exc

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from zarf_vllm.backend.commands.model_settings import checked_model, flag_overrides
 from zarf_vllm.cli import CommandError
 
 
@@ -45,11 +46,7 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
         ("engine", "master_addr"): args.master_addr,
         ("engine", "master_port"): args.master_port,
     }
-    overrides: dict[str, Any] = {}
-    for (section, key), value in flags.items():
-        if value is not None:
-            overrides.setdefault(section, {})[key] = value
-    return overrides
+    return flag_overrides(flags)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,9 +55,9 @@ def run(args: argparse.Namespace) -> int:
 
     force_offline()
 
-    from zarf_vllm.backend.config import ConfigError, load_model_manifest, load_settings
+    from zarf_vllm.backend.config import ConfigError, load_settings
     from zarf_vllm.backend.logs import configure_engine_logging, configure_logging
-    from zarf_vllm.backend.runtime import check_model_directory, is_embedding_model, verify_weights
+    from zarf_vllm.backend.runtime import is_embedding_model
 
     try:
         settings = load_settings(args.config, _flag_overrides(args))
@@ -70,10 +67,7 @@ def run(args: argparse.Namespace) -> int:
                 "nnodes - 1; node 0, the leader, runs `serve` (pass --node-rank or set "
                 "BACKEND_ENGINE__NODE_RANK)"
             )
-        assert settings.model.path is not None
-        check_model_directory(settings.model.path)
-        manifest = load_model_manifest(settings)
-        verify_weights(settings, manifest)
+        manifest = checked_model(settings)
     except ConfigError as exc:
         raise CommandError(str(exc), exit_code=2) from exc
     configure_logging(settings.server.log_level)
