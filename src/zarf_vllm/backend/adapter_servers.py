@@ -12,24 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from zarf_vllm.backend.adapters import ServedAdapter, adapter_port
 from zarf_vllm.backend.calls import CallTracker
 from zarf_vllm.backend.config import Settings
 from zarf_vllm.backend.engine import Engine
-from zarf_vllm.backend.proto.chat import chat_pb2, chat_pb2_grpc
-from zarf_vllm.backend.proto.completion import completion_pb2, completion_pb2_grpc
-from zarf_vllm.backend.proto.counting import counting_pb2, counting_pb2_grpc
-from zarf_vllm.backend.proto.name import name_pb2, name_pb2_grpc
+from zarf_vllm.backend.grpc_services import add_services, new_server
 from zarf_vllm.backend.runtime import Runtime, assemble
-from zarf_vllm.backend.services.chat import ChatService
-from zarf_vllm.backend.services.completion import CompletionService
-from zarf_vllm.backend.services.counting import TokenCountService
-from zarf_vllm.backend.services.name import NameService
-from zarf_vllm.backend.wire import MalformedRequests
 from zarf_vllm.model.manifest import ModelManifest
 
 
@@ -45,33 +35,9 @@ class AdapterServer:
     ) -> None:
         self.adapter = adapter
         self.runtime = Runtime()
-        self.server = grpc.aio.server(interceptors=[MalformedRequests()], options=list(options))
+        self.server = new_server(options)
         self.port: int | None = None
-        self._add_services(calls, health)
-
-    def _add_services(self, calls: CallTracker, health: HealthServicer) -> None:
-        server, runtime = self.server, self.runtime
-        name_pb2_grpc.add_NameServiceServicer_to_server(
-            NameService(self.adapter.name, calls), server
-        )
-        counting_pb2_grpc.add_TokenCountServiceServicer_to_server(
-            TokenCountService(runtime, calls), server
-        )
-        chat = ChatService(runtime, calls)
-        chat_pb2_grpc.add_ChatCompletionServiceServicer_to_server(chat, server)
-        chat_pb2_grpc.add_ChatCompletionStreamServiceServicer_to_server(chat, server)
-        completion = CompletionService(runtime, calls)
-        completion_pb2_grpc.add_CompletionServiceServicer_to_server(completion, server)
-        completion_pb2_grpc.add_CompletionStreamServiceServicer_to_server(completion, server)
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        names = [
-            name_pb2.DESCRIPTOR.services_by_name["NameService"].full_name,
-            counting_pb2.DESCRIPTOR.services_by_name["TokenCountService"].full_name,
-            *(chat_pb2.DESCRIPTOR.services_by_name[n].full_name for n in _CHAT),
-            *(completion_pb2.DESCRIPTOR.services_by_name[n].full_name for n in _COMPLETION),
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-        ]
-        reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
+        add_services(self.server, self.runtime, calls, adapter.name, health)
 
     async def start(
         self, host: str, port: int, credentials: grpc.ServerCredentials | None = None
@@ -94,10 +60,6 @@ class AdapterServer:
 
     async def stop(self, grace: float | None) -> None:
         await self.server.stop(grace=grace)
-
-
-_CHAT = ("ChatCompletionService", "ChatCompletionStreamService")
-_COMPLETION = ("CompletionService", "CompletionStreamService")
 
 
 class AdapterServers:

@@ -19,26 +19,20 @@ import contextlib
 import signal
 from dataclasses import dataclass
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from zarf_vllm.backend.adapter_servers import AdapterServers
 from zarf_vllm.backend.adapters import served_adapters
 from zarf_vllm.backend.calls import Call, CallTracker
 from zarf_vllm.backend.config import Settings
 from zarf_vllm.backend.engine import Engine, EngineDeadError
+from zarf_vllm.backend.grpc_services import add_services, new_server
 from zarf_vllm.backend.health_port import PlainHealthPort
 from zarf_vllm.backend.logs import get_logger, log_event
 from zarf_vllm.backend.metrics import Metrics, serve_metrics
 from zarf_vllm.backend.openai.frontend import OpenAIFrontend
 from zarf_vllm.backend.prompts import Message
-from zarf_vllm.backend.proto.chat import chat_pb2, chat_pb2_grpc
-from zarf_vllm.backend.proto.completion import completion_pb2, completion_pb2_grpc
-from zarf_vllm.backend.proto.counting import counting_pb2, counting_pb2_grpc
-from zarf_vllm.backend.proto.embeddings import embeddings_pb2, embeddings_pb2_grpc
-from zarf_vllm.backend.proto.name import name_pb2, name_pb2_grpc
 from zarf_vllm.backend.runtime import (
     Runtime,
     assemble,
@@ -47,13 +41,8 @@ from zarf_vllm.backend.runtime import (
     served_name,
 )
 from zarf_vllm.backend.sampling import SamplingRequest
-from zarf_vllm.backend.services.chat import ChatService
-from zarf_vllm.backend.services.completion import CompletionService
-from zarf_vllm.backend.services.counting import TokenCountService
 from zarf_vllm.backend.services.embeddings import EmbeddingsService
-from zarf_vllm.backend.services.name import NameService
 from zarf_vllm.backend.tls import grpc_credentials, load_tls
-from zarf_vllm.backend.wire import MalformedRequests
 from zarf_vllm.model.manifest import ModelManifest
 
 logger = get_logger("server")
@@ -67,10 +56,6 @@ class ServiceSet:
     """The full names of the services this process serves (for health and reflection)."""
 
     names: tuple[str, ...]
-
-
-def _full_name(pb2_module: object, service: str) -> str:
-    return pb2_module.DESCRIPTOR.services_by_name[service].full_name  # type: ignore[attr-defined]
 
 
 class BackendServer:
@@ -92,7 +77,7 @@ class BackendServer:
             # on streams per connection would queue calls out of sight of max_in_flight.
             ("grpc.max_concurrent_streams", settings.limits.max_in_flight + 64),
         ]
-        self.server = grpc.aio.server(interceptors=[MalformedRequests()], options=options)
+        self.server = new_server(options)
         self.services = self._add_services()
         # LoRA adapters: one gRPC port each (backend/adapter_servers.py), model names on OpenAI.
         self.adapters = served_adapters(settings, manifest)
@@ -112,42 +97,16 @@ class BackendServer:
     # -- assembly -----------------------------------------------------------------------
 
     def _add_services(self) -> ServiceSet:
-        calls, runtime, server = self.calls, self.runtime, self.server
-        names = [_full_name(name_pb2, "NameService"), _full_name(counting_pb2, "TokenCountService")]
-        name_pb2_grpc.add_NameServiceServicer_to_server(
-            NameService(self.served_name, calls), server
-        )
-        counting_pb2_grpc.add_TokenCountServiceServicer_to_server(
-            TokenCountService(runtime, calls), server
-        )
+        embeddings = None
         if self.is_embedding:
-            embeddings_pb2_grpc.add_EmbeddingsServiceServicer_to_server(
-                EmbeddingsService(
-                    runtime,
-                    calls,
-                    self.settings.limits.max_embedding_inputs,
-                    self.settings.limits.embedding_overflow,
-                ),
-                server,
+            limits = self.settings.limits
+            embeddings = EmbeddingsService(
+                self.runtime, self.calls, limits.max_embedding_inputs, limits.embedding_overflow
             )
-            names.append(_full_name(embeddings_pb2, "EmbeddingsService"))
-        else:
-            chat = ChatService(runtime, calls)
-            chat_pb2_grpc.add_ChatCompletionServiceServicer_to_server(chat, server)
-            chat_pb2_grpc.add_ChatCompletionStreamServiceServicer_to_server(chat, server)
-            completion = CompletionService(runtime, calls)
-            completion_pb2_grpc.add_CompletionServiceServicer_to_server(completion, server)
-            completion_pb2_grpc.add_CompletionStreamServiceServicer_to_server(completion, server)
-            names += [
-                _full_name(chat_pb2, "ChatCompletionService"),
-                _full_name(chat_pb2, "ChatCompletionStreamService"),
-                _full_name(completion_pb2, "CompletionService"),
-                _full_name(completion_pb2, "CompletionStreamService"),
-            ]
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-        reflection.enable_server_reflection([*names, health_name, reflection.SERVICE_NAME], server)
-        return ServiceSet(tuple(names))
+        names = add_services(
+            self.server, self.runtime, self.calls, self.served_name, self.health, embeddings
+        )
+        return ServiceSet(names)
 
     async def _set_health(self, status: int) -> None:
         for name in ("", *self.services.names):
