@@ -27,11 +27,10 @@ from testcontainers.core.container import DockerContainer
 from support.container_deployment import ROOT, BackendContainer, backend_container, preview_objects
 from support.container_serving import (
     DEMO_MODEL,
-    RELAY_SOCKET,
     REPORT,
     ServedBackend,
     image_size,
-    relay,
+    relays,
     run_step,
     wait_serving,
 )
@@ -92,30 +91,18 @@ def served_backend(
     reaches it through two relays (container_relay.py) and a port published on 127.0.0.1."""
     assert deployment.image == model_image, "the chart must run the model image built here"
     work = tmp_path_factory.mktemp("served")
-    relay_dir = work / "relay"
-    relay_dir.mkdir()
-    relay_dir.chmod(0o777)  # the relays run as 65532
     name = f"zarf-vllm-test-{uuid.uuid4().hex[:8]}"
     port = deployment.grpc_port
     model = deployment.testcontainer(model_image, work / "files", network_mode="none").with_name(
         name
     )
-    inner = relay(
-        backend_image, f"{name}-relay-in", relay_dir, ["unix", RELAY_SOCKET, str(port)],
-        network_mode=f"container:{name}",
-    )  # fmt: skip
-    outer = relay(backend_image, f"{name}-relay-out", relay_dir, ["tcp", str(port), RELAY_SOCKET])
-    outer.ports[f"{port}/tcp"] = ("127.0.0.1", None)  # docker-py: (host address, any port)
+    relayed = relays(backend_image, name, work, [port])
     started: list[DockerContainer] = []
     try:
         start = time.monotonic()
-        for container in (model, inner, outer):
+        for container in (model, relayed.inner, relayed.outer):
             started.append(container.start())
-        published = outer.get_wrapped_container()
-        published.reload()
-        (binding,) = published.attrs["NetworkSettings"]["Ports"][f"{port}/tcp"]
-        assert binding["HostIp"] == "127.0.0.1"
-        address = f"127.0.0.1:{binding['HostPort']}"
+        address = relayed.addresses()[port]
         statuses = wait_serving(address, model, deployment.startup_budget_s)
         seconds = time.monotonic() - start
         REPORT["docker run to SERVING, demo model (s)"] = f"{seconds:.1f}"

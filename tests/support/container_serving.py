@@ -18,7 +18,6 @@ from support.container_deployment import ROOT, BackendContainer
 
 DEMO_MODEL = "smollm2-135m-instruct"
 RELAY_SCRIPT = Path(__file__).with_name("container_relay.py")
-RELAY_SOCKET = "/relay/backend.sock"
 
 # Shown at the end of the run (pytest_terminal_summary): what the issue asks to report.
 REPORT: dict[str, str] = {}
@@ -97,6 +96,46 @@ def relay(image: str, name: str, relay_dir: Path, command: list[str], **kwargs) 
             **kwargs,
         )
     )
+
+
+@dataclass
+class Relays:
+    """The two relay containers that carry `ports` of the container `name` (which has no
+    network) to ports published on 127.0.0.1: `inner` in its network namespace, `outer` on the
+    bridge. Start them after that container."""
+
+    inner: DockerContainer
+    outer: DockerContainer
+    ports: tuple[int, ...]
+
+    def addresses(self) -> dict[int, str]:
+        """Each container port's published address, 127.0.0.1:P (once `outer` runs)."""
+        published = self.outer.get_wrapped_container()
+        published.reload()
+        addresses = {}
+        for port in self.ports:
+            (binding,) = published.attrs["NetworkSettings"]["Ports"][f"{port}/tcp"]
+            assert binding["HostIp"] == "127.0.0.1"
+            addresses[port] = f"127.0.0.1:{binding['HostPort']}"
+        return addresses
+
+
+def relays(image: str, name: str, work: Path, ports: list[int]) -> Relays:
+    """The relays of `ports` of the container `name`, with their sockets under work/relay."""
+    relay_dir = work / "relay"
+    relay_dir.mkdir()
+    relay_dir.chmod(0o777)  # the relays run as 65532
+    sockets = [f"/relay/port-{port}.sock" for port in ports]
+    inner_args = [arg for s, p in zip(sockets, ports, strict=True) for arg in (s, str(p))]
+    outer_args = [arg for s, p in zip(sockets, ports, strict=True) for arg in (str(p), s)]
+    inner = relay(
+        image, f"{name}-relay-in", relay_dir, ["unix", *inner_args],
+        network_mode=f"container:{name}",
+    )  # fmt: skip
+    outer = relay(image, f"{name}-relay-out", relay_dir, ["tcp", *outer_args])
+    for port in ports:
+        outer.ports[f"{port}/tcp"] = ("127.0.0.1", None)  # docker-py: (host address, any port)
+    return Relays(inner, outer, tuple(ports))
 
 
 def log_digest(model: DockerContainer) -> str:

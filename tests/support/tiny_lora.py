@@ -37,6 +37,23 @@ def build_tiny_lora(model_dir: Path, dest: Path, *, rank: int = 8, seed: int = 1
     return dest
 
 
+def greedy_reference(model_dir: Path, adapter_dir: Path | None, prompt: str, tokens: int) -> str:
+    """transformers' greedy completion of `prompt`: the bare model, or with peft's adapter."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = LlamaForCausalLM.from_pretrained(model_dir)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir)
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=tokens, do_sample=False)
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
 def _files(directory: Path) -> list[dict[str, object]]:
     return [
         {"path": str(p.relative_to(directory)), "size": p.stat().st_size, "sha256": sha256_file(p)}
