@@ -89,7 +89,7 @@ def test_the_ranks_are_the_ones_vllm_accepts() -> None:
 
     from vllm.config.lora import MaxLoRARanks
 
-    assert VLLM_LORA_RANKS == tuple(sorted(get_args(MaxLoRARanks)))
+    assert tuple(sorted(get_args(MaxLoRARanks))) == VLLM_LORA_RANKS
 
 
 def test_a_rank_above_vllms_largest_is_refused() -> None:

@@ -184,9 +184,7 @@ def _resolved_args(
     )
     if dtype != requested:
         log_event(logger, "engine dtype chosen", requested=requested, dtype=dtype)
-    return engine_args(
-        settings, is_embedding, dtype, sampling_defaults, adapters, on_cpu=on_cpu
-    )
+    return engine_args(settings, is_embedding, dtype, sampling_defaults, adapters, on_cpu=on_cpu)
 
 
 def run_worker(settings: Settings, is_embedding: bool) -> None:
