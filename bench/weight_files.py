@@ -18,6 +18,7 @@ PLACEHOLDER_ARCHITECTURE = Architecture(
     parameters=1,
     layers=1,
     hidden_size=1,
+    intermediate_size=1,
     attention_heads=1,
     kv_heads=1,
     head_dim=1,

@@ -104,7 +104,8 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- $cost := get $c.tensorParallel (toString $t) -}}
 {{- /* each GPU: its tensor-parallel share of its pipeline stage's layers (one stage per node) */ -}}
 {{- $weights := div (add $cost.weightBytes (sub $stages 1)) $stages -}}
-{{- $room := sub $budget (add $weights $activation $cost.reserveBytes) -}}
+{{- $lora := div (add $cost.loraBytes (sub $stages 1)) $stages -}}
+{{- $room := sub $budget (add $weights $activation $cost.reserveBytes $lora) -}}
 {{- $candidates = append $candidates (int64 $t) -}}
 {{- $_ := set $rooms (toString $t) $room -}}
 {{- $_ := set $capacities (toString $t) (ternary (div (mul (max $room 0) $t $stages) (max $kvBytes 1)) 0 (gt $kvBytes 0)) -}}
@@ -131,10 +132,18 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- $where := printf $m.gpuBudget $c.model $name $tp $gpuCount (include "zarf-vllm.gib" $total) (include "zarf-vllm.permille" $util) (include "zarf-vllm.gib" $budget) -}}
 {{- $gpuWeights := div (add $cost.weightBytes (sub $stages 1)) $stages -}}
 {{- $w := include "zarf-vllm.gib" $gpuWeights -}}{{- $a := include "zarf-vllm.gib" $activation -}}{{- $r := include "zarf-vllm.gib" $cost.reserveBytes -}}
-{{- if or (lt $room 0) (eq $kvBytes 0) -}}
-{{- include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.gpuNoRoom $where $w $a $r (include "zarf-vllm.gib" (add $gpuWeights $activation $cost.reserveBytes)))) -}}
+{{- /* the LoRA adapter slots, named only where LoRA is on (sizing._GpuBudget.lora_part) */ -}}
+{{- $gpuLora := div (add $cost.loraBytes (sub $stages 1)) $stages -}}
+{{- $loraSum := "" -}}{{- $loraList := "" -}}
+{{- if gt $gpuLora 0 -}}
+{{- $l := include "zarf-vllm.gib" $gpuLora -}}
+{{- $loraSum = printf $m.gpuLoraSum $l (int64 $c.loraSlots) (int64 $c.loraRank) -}}
+{{- $loraList = printf $m.gpuLoraList $l (int64 $c.loraSlots) (int64 $c.loraRank) -}}
 {{- end -}}
-{{- include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.gpuShortKv $where (include "zarf-vllm.gib" $room) $w $a $r (int64 (get $capacities (toString $tp))) $kvBytes (int64 $k.kvUsablePercent) (int64 (get $usables (toString $tp))) $needed (include "zarf-vllm.gib" (div (add (mul $required $kvBytes 100) (sub (mul $k.kvUsablePercent $tp $stages) 1)) (mul $k.kvUsablePercent $tp $stages))))) -}}
+{{- if or (lt $room 0) (eq $kvBytes 0) -}}
+{{- include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.gpuNoRoom $where $w $loraSum $a $r (include "zarf-vllm.gib" (add $gpuWeights $gpuLora $activation $cost.reserveBytes)))) -}}
+{{- end -}}
+{{- include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.gpuShortKv $where (include "zarf-vllm.gib" $room) $w $loraList $a $r (int64 (get $capacities (toString $tp))) $kvBytes (int64 $k.kvUsablePercent) (int64 (get $usables (toString $tp))) $needed (include "zarf-vllm.gib" (div (add (mul $required $kvBytes 100) (sub (mul $k.kvUsablePercent $tp $stages) 1)) (mul $k.kvUsablePercent $tp $stages))))) -}}
 {{- end -}}
 {{- if gt $kvBytes 0 }}{{ $capacity = int64 (get $capacities (toString $tp)) }}{{ $usable = int64 (get $usables (toString $tp)) }}{{ end -}}
 {{- /* the whole node (sizing.data_parallel_gpu): as many engines as the GPUs hold, unless set */ -}}
@@ -149,8 +158,10 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- $weights := mul $c.weightBytes (ternary $dp 1 $cpu) -}}
 {{- $shmGib := mul (int64 $tpCost.shmGib) $dp -}}
 {{- $kvTotal := mul $kvGib $dp -}}
-{{- $need := div (add $weights $runtime (mul (add $kvTotal $shmGib) $k.gib) (sub $k.gib 1)) $k.gib -}}
+{{- $loraHost := mul $tpCost.hostLoraBytes $dp -}}
+{{- $need := div (add $weights $runtime $loraHost (mul (add $kvTotal $shmGib) $k.gib) (sub $k.gib 1)) $k.gib -}}
 {{- $parts := printf $m.hostParts (include "zarf-vllm.gib" $weights) (include "zarf-vllm.gib" $runtime) -}}
+{{- if gt $loraHost 0 }}{{ $parts = print $parts (printf $m.hostPartsLora (include "zarf-vllm.gib" $loraHost)) }}{{ end -}}
 {{- if gt $kvTotal 0 }}{{ $parts = print $parts (printf $m.hostPartsKv $kvTotal) }}{{ end -}}
 {{- if gt $shmGib 0 }}{{ $parts = print $parts (printf $m.hostPartsShm $shmGib) }}{{ end -}}
 {{- $host := int64 (get $o "hostMemoryGib" | default $need) -}}

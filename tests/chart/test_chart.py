@@ -18,6 +18,7 @@ from support.custom_resources import assert_valid
 from support.paths import CHART as CHART_DIR
 from support.paths import REPO
 from support.profiles_fixtures import (
+    LORA_MANIFEST_IDS,
     MANIFEST_IDS,
     PROFILE_NAMES,
     config_of,
@@ -37,7 +38,9 @@ from zarf_vllm.model.sizing import Fit, Refused
 from zarf_vllm.packaging import deploy_variables
 from zarf_vllm.packaging.preview import Preview, PreviewError, preview
 
-PAIRS = [(m, p) for m in MANIFEST_IDS for p in PROFILE_NAMES]
+# The shipped manifests, and test manifests with LoRA adapters (profiles_fixtures.LORA_CATALOG).
+SIZED_IDS = [*MANIFEST_IDS, *LORA_MANIFEST_IDS]
+PAIRS = [(m, p) for m in SIZED_IDS for p in PROFILE_NAMES]
 
 
 def demo(**sets: str) -> Preview:
@@ -151,7 +154,7 @@ VARIABLES = deploy_variables.load(REPO)
     max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
 @given(
-    st.sampled_from(MANIFEST_IDS),
+    st.sampled_from(SIZED_IDS),
     st.sampled_from(PROFILE_NAMES),
     st.dictionaries(st.sampled_from(sorted(OVERRIDES)), st.just(""), max_size=4).flatmap(
         lambda keys: st.fixed_dictionaries({k: OVERRIDES[k] for k in keys})

@@ -35,7 +35,8 @@ def test_vllm_cpu_accepts_exactly_the_context_the_sizing_gives(tmp_path: Path) -
     facts = sizing.ModelFacts(
         id="tiny", task="generate", quantization="none", weight_dtype="float32",
         weight_bytes=sum(p.stat().st_size for p in model_dir.glob("*.safetensors")),
-        layers=2, attention_heads=2, kv_heads=1, head_dim=64, hidden_size=128, vocab_size=512,
+        layers=2, attention_heads=2, kv_heads=1, head_dim=64, hidden_size=128,
+        intermediate_size=256, vocab_size=512,
         max_positions=1 << 21,
     )  # fmt: skip
     hardware = sizing.Hardware(

@@ -97,6 +97,7 @@ def _tiny_manifest(model_dir: Path, destination: Path) -> Path:
             "parameters": 200_000,
             "layers": 2,
             "hidden_size": 128,
+            "intermediate_size": 256,
             "attention_heads": 2,
             "kv_heads": 1,
             "head_dim": 64,

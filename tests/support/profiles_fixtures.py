@@ -12,7 +12,7 @@ import json
 import yaml
 
 from support.paths import CHART, MANIFESTS, ZARF_SCHEMA, shared_file
-from zarf_vllm.model.manifest import ModelManifest
+from zarf_vllm.model.manifest import Adapter, LocalSource, ModelManifest
 from zarf_vllm.model.sizing import Fit, Overrides, Refused
 from zarf_vllm.packaging.preview import Preview, PreviewError, preview
 from zarf_vllm.packaging.profiles import (
@@ -31,8 +31,33 @@ CUSTOM_SETS = {"GPU_COUNT": "2", "GPU_MEMORY_GIB": "48"}
 CUSTOM_OVERRIDES = Overrides(gpu_count=2, gpu_memory_gib=48)
 
 
+def with_adapters(base: ModelManifest, ranks: tuple[int, ...]) -> ModelManifest:
+    """`base` with LoRA adapters of these ranks (no files: nothing is pulled), as `<id>-lora`."""
+    adapters = [
+        Adapter(name=f"adapter-{i}", source=LocalSource(kind="local", path="x"), files=[], rank=r)
+        for i, r in enumerate(ranks)
+    ]
+    data = {**base.model_dump(), "id": f"{base.id}-lora", "adapters": adapters}
+    return ModelManifest.model_validate(data)
+
+
+# No shipped manifest lists adapters; these do, so that the chart's LoRA terms are compared with
+# Python's: a Llama (LoRA on its embeddings too) whose slots (8 at rank 256, 11 GiB per GPU at
+# TP 1) crowd out the KV cache or do not fit, a Qwen2 (no embedding slots) and the demo model,
+# whose CPU profile counts them in host memory.
+LORA_CATALOG: list[ModelManifest] = [
+    with_adapters(next(m for m in CATALOG if m.id == base), ranks)
+    for base, ranks in (
+        ("llama-3.1-8b-instruct", (16, 256, 8, 8, 8, 8, 8, 8)),
+        ("qwen2.5-0.5b-instruct", (64, 8)),
+        ("smollm2-135m-instruct", (512, 16, 16)),
+    )
+]
+LORA_MANIFEST_IDS = [m.id for m in LORA_CATALOG]
+
+
 def manifest(manifest_id: str) -> ModelManifest:
-    return next(m for m in CATALOG if m.id == manifest_id)
+    return next(m for m in [*CATALOG, *LORA_CATALOG] if m.id == manifest_id)
 
 
 def profile(name: str) -> Profile:

@@ -79,6 +79,7 @@ def write_manifest(model_dir: Path, adapters: dict[str, Path], dest: Path, id: s
             "parameters": safetensors_parameters(model_dir),
             "layers": config["num_hidden_layers"],
             "hidden_size": config["hidden_size"],
+            "intermediate_size": config["intermediate_size"],
             "attention_heads": config["num_attention_heads"],
             "kv_heads": config["num_key_value_heads"],
             "head_dim": config["head_dim"],

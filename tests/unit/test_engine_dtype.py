@@ -28,7 +28,7 @@ def test_the_chart_renders_the_dtype_the_engine_resolves() -> None:
     smollm2 = sizing.ModelFacts(
         id="m", task="generate", quantization="none", weight_dtype="bfloat16",
         weight_bytes=10**8, layers=2, attention_heads=4, kv_heads=2, head_dim=64,
-        hidden_size=256, vocab_size=1000, max_positions=8192,
+        hidden_size=256, intermediate_size=512, vocab_size=1000, max_positions=8192,
     )
     costs = sizing.costs_for(smollm2, "cpu")
     assert costs.dtype == resolve_dtype("auto", on_cpu=True, quantized=False)

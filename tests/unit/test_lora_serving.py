@@ -11,8 +11,9 @@ import pytest
 from support.hf_fixtures import local_manifest, tiny_model_files, write_files
 from zarf_vllm.backend.adapters import ServedAdapter, adapter_port, served_adapters
 from zarf_vllm.backend.config import ConfigError, EngineSettings, Settings
-from zarf_vllm.backend.engine import engine_args, lora_args, lora_rank
+from zarf_vllm.backend.engine import engine_args, lora_args
 from zarf_vllm.backend.openai.serving import frontend_args
+from zarf_vllm.model.lora import VLLM_LORA_RANKS, lora_rank
 from zarf_vllm.model.manifest import Adapter, LocalSource, ModelManifest, adapter_dir
 
 
@@ -81,6 +82,14 @@ def test_engine_arguments_follow_the_adapters(tmp_path: Path, model_dir: Path) -
 @pytest.mark.parametrize(("rank", "vllm_rank"), [(1, 1), (2, 8), (8, 8), (9, 16), (300, 320)])
 def test_ranks_round_up_to_one_vllm_accepts(rank: int, vllm_rank: int) -> None:
     assert lora_rank(rank) == vllm_rank
+
+
+def test_the_ranks_are_the_ones_vllm_accepts() -> None:
+    from typing import get_args
+
+    from vllm.config.lora import MaxLoRARanks
+
+    assert tuple(sorted(get_args(MaxLoRARanks))) == VLLM_LORA_RANKS
 
 
 def test_a_rank_above_vllms_largest_is_refused() -> None:

@@ -24,6 +24,7 @@ LLAMA_8B = ModelFacts(
     kv_heads=8,
     head_dim=128,
     hidden_size=4096,
+    intermediate_size=14336,
     vocab_size=128256,
     max_positions=131072,
 )
@@ -35,6 +36,7 @@ LLAMA_70B = dataclasses.replace(
     layers=80,
     attention_heads=64,
     hidden_size=8192,
+    intermediate_size=28672,
 )
 # SmolLM2-135M: 30 layers, 9 heads, 3 KV heads, head_dim 64, 8192 positions.
 SMOLLM2 = ModelFacts(
@@ -48,6 +50,7 @@ SMOLLM2 = ModelFacts(
     kv_heads=3,
     head_dim=64,
     hidden_size=576,
+    intermediate_size=1536,
     vocab_size=49152,
     max_positions=8192,
 )
@@ -62,6 +65,7 @@ MINILM = ModelFacts(
     kv_heads=12,
     head_dim=32,
     hidden_size=384,
+    intermediate_size=1536,
     vocab_size=30522,
     max_positions=512,
 )
@@ -390,6 +394,7 @@ architectures = st.builds(
         kv_heads=kv,
         head_dim=head_dim,
         hidden_size=kv * group * head_dim,
+        intermediate_size=4 * kv * group * head_dim,
         vocab_size=32000,
         max_positions=positions,
     ),

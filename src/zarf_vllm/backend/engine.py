@@ -19,6 +19,7 @@ from zarf_vllm.backend.adapters import ServedAdapter
 from zarf_vllm.backend.config import EngineSettings, Settings
 from zarf_vllm.backend.logs import get_logger, log_event
 from zarf_vllm.model import sizing
+from zarf_vllm.model.lora import lora_slots
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -77,30 +78,22 @@ def resolve_enforce_eager(requested: bool | None, *, on_cpu: bool) -> bool:
     return on_cpu
 
 
-def lora_rank(rank: int) -> int:
-    """The smallest max_lora_rank vLLM accepts (its LoRAConfig's list) that holds `rank`."""
-    from typing import get_args
-
-    from vllm.config.lora import MaxLoRARanks
-
-    allowed = sorted(get_args(MaxLoRARanks))
-    fitting = [r for r in allowed if r >= rank]
-    if not fitting:
-        raise ValueError(f"LoRA rank {rank} is above vLLM's largest, {allowed[-1]}")
-    return fitting[0]
-
-
 def lora_args(engine: EngineSettings, adapters: Sequence[ServedAdapter]) -> dict[str, Any]:
     """enable_lora, max_loras and max_lora_rank: the settings' where set, else from the
-    adapters served (all of them in one batch, their largest rank)."""
-    enabled = engine.enable_lora if engine.enable_lora is not None else bool(adapters)
-    if not enabled:
+    adapters served (all of them in one batch, their largest rank), as `lora_slots`
+    decides them for the sizing too."""
+    slots = lora_slots(
+        [a.rank for a in adapters],
+        enable=engine.enable_lora,
+        max_loras=engine.max_loras,
+        max_rank=engine.max_lora_rank,
+    )
+    if slots is None:
         return {}
-    rank = engine.max_lora_rank or max((a.rank for a in adapters), default=1)
     return {
         "enable_lora": True,
-        "max_loras": engine.max_loras or max(len(adapters), 1),
-        "max_lora_rank": lora_rank(rank),
+        "max_loras": slots.max_loras,
+        "max_lora_rank": slots.max_lora_rank,
     }
 
 
@@ -191,9 +184,7 @@ def _resolved_args(
     )
     if dtype != requested:
         log_event(logger, "engine dtype chosen", requested=requested, dtype=dtype)
-    return engine_args(
-        settings, is_embedding, dtype, sampling_defaults, adapters, on_cpu=on_cpu
-    )
+    return engine_args(settings, is_embedding, dtype, sampling_defaults, adapters, on_cpu=on_cpu)
 
 
 def run_worker(settings: Settings, is_embedding: bool) -> None:

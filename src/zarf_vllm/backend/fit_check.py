@@ -14,6 +14,7 @@ from pathlib import Path
 from zarf_vllm.backend.config import ConfigError, EngineSettings
 from zarf_vllm.backend.engine import resolve_enforce_eager
 from zarf_vllm.model import sizing
+from zarf_vllm.model.lora import lora_slots
 from zarf_vllm.model.manifest import ModelManifest
 
 # Where the container's memory limit is (cgroup v2, then v1); "max" or absent: no limit.
@@ -93,7 +94,14 @@ def check_fit(
     ConfigError with the sizing's reason, in numbers, when it cannot fit. None: nothing to
     check (a generative model on the CPU without a fixed KV-cache size, which vLLM-CPU then
     sizes itself)."""
-    model = sizing.ModelFacts.from_manifest(manifest)
+    # The LoRA slots these settings give the engine (engine.lora_args decides them alike).
+    slots = lora_slots(
+        [a.rank for a in manifest.adapters],
+        enable=settings.enable_lora,
+        max_loras=settings.max_loras,
+        max_rank=settings.max_lora_rank,
+    )
+    model = sizing.ModelFacts.from_manifest(manifest).with_lora(slots)
     on_cpu = machine.gpu_count == 0
     if on_cpu and settings.cpu_kvcache_space_gib is None and model.task != "embed":
         return None

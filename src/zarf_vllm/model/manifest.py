@@ -22,6 +22,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from zarf_vllm.model.lora import VLLM_LORA_RANKS
+
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 ADAPTER_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 # Where a model's LoRA adapters live inside its weights directory: adapters/<name>/<file>.
@@ -119,6 +121,10 @@ class Architecture(_Strict):
     parameters: Annotated[int, Field(gt=0, description="Total parameter count")]
     layers: Annotated[int, Field(gt=0, description="num_hidden_layers")]
     hidden_size: Annotated[int, Field(gt=0)]
+    intermediate_size: Annotated[
+        int,
+        Field(gt=0, description="config.json intermediate_size: the MLP's width (LoRA sizing)"),
+    ]
     attention_heads: Annotated[int, Field(gt=0, description="num_attention_heads")]
     kv_heads: Annotated[int, Field(gt=0, description="num_key_value_heads")]
     head_dim: Annotated[int, Field(gt=0)]
@@ -225,7 +231,14 @@ class Adapter(_Strict):
             "adapter's own directory; null while unlocked"
         ),
     ] = None
-    rank: Annotated[int, Field(gt=0, le=512, description="The LoRA rank r of adapter_config.json")]
+    rank: Annotated[
+        int,
+        Field(
+            gt=0,
+            le=VLLM_LORA_RANKS[-1],
+            description="The LoRA rank r of adapter_config.json",
+        ),
+    ]
 
     @property
     def locked(self) -> bool:

@@ -17,9 +17,11 @@ profile and on random overrides, to the word of the refusal.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from zarf_vllm.model import lora
 from zarf_vllm.model.manifest import ModelManifest
 
 GIB = 1 << 30
@@ -137,6 +139,46 @@ PROBE_PERIOD_SECONDS = 10
 # shutdown after the last call ends.
 DRAIN_MARGIN_SECONDS = 15
 
+# LoRA adapters (docs/lora.md). With LoRA on, vLLM wraps every LoRA-capable module as it loads
+# the model (vllm/lora/model_manager.py, _create_lora_modules) and preallocates for each stacked
+# A and B buffers of max_loras slots at max_lora_rank, in the model's dtype (LoRAConfig's
+# lora_dtype "auto"), however many adapters are loaded. They are allocated with the weights,
+# before vLLM's memory profiling, so they come out of the KV cache. Per decoder layer and slot,
+# with R = max_lora_rank and t the tensor-parallel size (vLLM's default: fully_sharded_loras off,
+# so only the B of a column-parallel layer and the A of a row-parallel one are sharded):
+# - qkv_proj (MergedQKVParallelLinearWithLoRA, vllm/lora/layers/column_parallel_linear.py, its
+#   parent MergedColumnParallelLinearWithLoRA.create_lora_weights): an A of R x hidden for each
+#   of q, k and v, and Bs of (heads x head_dim / t) x R and twice (kv_heads x head_dim / t) x R;
+# - gate_up_proj (MergedColumnParallelLinearWithLoRA.create_lora_weights): an A of R x hidden
+#   and a B of (intermediate / t) x R for each of gate and up;
+# - o_proj and down_proj (RowParallelLinearWithLoRA, row_parallel_linear.py, sized by
+#   BaseLinearLayerWithLoRA.create_lora_weights in base_linear.py): an A of R x (input / t)
+#   and a B of hidden x R.
+# Together R x (7 hidden + (2 q + 2 kv + 3 intermediate) / t) values, q = heads x head_dim and
+# kv = kv_heads x head_dim. Where the model's vLLM class lists embedding_modules (Llama's:
+# embed_tokens and lm_head; vllm/lora/utils.py get_supported_lora_modules), the token embedding
+# (VocabParallelEmbeddingWithLoRA.create_lora_weights, vocab_parallel_embedding.py: A vocab x
+# R, B hidden x R) and the LM head (LogitsProcessorWithLoRA.create_lora_weights,
+# logits_processor.py: A R x hidden, B vocab x R) get slots too, unsharded: R x 2 x (vocab +
+# hidden). vLLM 0.32 has no extra-vocabulary slots. Not counted, as too small to matter: the
+# punica wrapper's index buffers and the kernels' float32 intermediates (tokens x R x 3 at most),
+# and the rank-8 dummy adapters vLLM warms up with, in host memory during start-up only.
+#
+# The vLLM classes of these model types list no embedding_modules, so their embeddings get no
+# slots (vllm/model_executor/models/mistral.py MistralForCausalLM: "We don't support LoRA on
+# the embedding layers"; qwen2.py, gemma.py, gemma2.py, gemma3.py define none). Any other model
+# type is sized with them, the larger figure.
+LORA_NO_EMBEDDING_MODEL_TYPES = ("mistral", "qwen2", "gemma", "gemma2", "gemma3_text")
+# Host memory: each worker process keeps the adapters it has loaded in a CPU cache of
+# max_cpu_loras (vllm/lora/worker_manager.py, LRUCacheWorkerLoRAManager; its _load_adapter
+# reads each whole, unsharded, with LoRAModel.from_local_checkpoint onto "cpu", pinned where a
+# GPU is), which LoRAConfig sets to max_loras (the backend leaves it unset), and vLLM's OpenAI
+# layer loads every adapter at start. An adapter (rank <= max_lora_rank, modules among those
+# with slots) is at most one slot at tensor parallel 1, so each worker holds up to the TP-1
+# slots' bytes again in host memory; on the CPU, where vLLM-CPU's "device" is host memory, the
+# stacked buffers count there too.
+LORA_CPU_HOST_COPIES = 2
+
 # vLLM-CPU's linear kernels: unquantized, and AWQ/GPTQ 4-bit through its WNA16 CPU kernel
 # (vllm/model_executor/layers/quantization/auto_awq.py). No FP8 or bitsandbytes on the CPU.
 CPU_QUANTIZATIONS = ("none", "awq", "gptq")
@@ -237,18 +279,22 @@ MESSAGES = {
     "the attention heads (%d), the KV heads (%d) and the GPU count (%d); valid sizes: %s",
     "gpuBudget": "%s does not fit profile %s: at tensor parallel %d on %d x %s GiB GPU(s), "
     "gpu_memory_utilization %s of CUDA's total allows %s GiB per GPU",
-    "gpuNoRoom": "%s, and each GPU needs %s GiB of weights + %s GiB of activations + %s GiB of "
+    "gpuNoRoom": "%s, and each GPU needs %s GiB of weights%s + %s GiB of activations + %s GiB of "
     "runtime reserve = %s GiB",
-    "gpuShortKv": "%s, which leaves %s GiB for the KV cache after %s GiB of weights, %s GiB of "
+    "gpuShortKv": "%s, which leaves %s GiB for the KV cache after %s GiB of weights%s, %s GiB of "
     "activations and %s GiB of reserve (non-torch memory and CUDA graphs): room for %d tokens at "
     "%d bytes per token, of which a context may take %d%% (%d tokens) for vLLM's own capacity "
     "check to pass, and %s needs %s GiB per GPU",
     "cpuShortKv": "%s does not fit profile %s: a %d GiB KV cache (CPU_KVCACHE_GIB) holds %d "
     "tokens at %d bytes per token, of which a context may take %d (whole %d-token blocks, less "
     "the one vLLM holds back), and %s needs %s GiB",
+    # The LoRA term of gpuNoRoom's sum and of gpuShortKv's list, only where LoRA is on.
+    "gpuLoraSum": " + %s GiB of LoRA adapter slots (max_loras %d x max_lora_rank %d)",
+    "gpuLoraList": ", %s GiB of LoRA adapter slots (max_loras %d x max_lora_rank %d)",
     "neededSet": "MAX_MODEL_LEN=%d",
     "neededAuto": "a usable context of %d tokens",
     "hostParts": "%s GiB weights + %s GiB runtime",
+    "hostPartsLora": " + %s GiB LoRA adapters",
     "hostPartsKv": " + %d GiB KV cache",
     "hostPartsShm": " + %d GiB /dev/shm",
     "hostBelowNeed": "HOST_MEMORY_GIB=%d is less than the %d GiB of host memory %s needs on "
@@ -314,13 +360,22 @@ class ModelFacts:
     kv_heads: int
     head_dim: int
     hidden_size: int
+    intermediate_size: int  # the MLP's width
     vocab_size: int
     max_positions: int  # the longest sequence vLLM accepts for the model
+    # LoRA (lora.lora_slots): vLLM's max_loras and max_lora_rank; 0: LoRA off.
+    lora_slots: int = 0
+    lora_rank: int = 0
+    # Whether the embedding and the LM head get LoRA slots (LORA_NO_EMBEDDING_MODEL_TYPES).
+    lora_embeddings: bool = True
 
     @classmethod
     def from_manifest(cls, manifest: ModelManifest) -> ModelFacts:
+        """The manifest's facts, with the LoRA slots the backend gives its adapters by default
+        (every adapter, their largest rank); the start-up check replaces them with the
+        settings' (`with_lora`)."""
         arch = manifest.architecture
-        return cls(
+        facts = cls(
             id=manifest.id,
             task=str(manifest.task.value),
             quantization=manifest.quantization.method,
@@ -331,9 +386,35 @@ class ModelFacts:
             kv_heads=arch.kv_heads,
             head_dim=arch.head_dim,
             hidden_size=arch.hidden_size,
+            intermediate_size=arch.intermediate_size,
             vocab_size=arch.vocab_size,
             max_positions=arch.context_limit,
+            lora_embeddings=arch.model_type not in LORA_NO_EMBEDDING_MODEL_TYPES,
         )
+        return facts.with_lora(lora.lora_slots([a.rank for a in manifest.adapters]))
+
+    def with_lora(self, slots: lora.LoraSlots | None) -> ModelFacts:
+        """These facts with LoRA at `slots` (None: off)."""
+        if slots is None:
+            return dataclasses.replace(self, lora_slots=0, lora_rank=0)
+        return dataclasses.replace(self, lora_slots=slots.max_loras, lora_rank=slots.max_lora_rank)
+
+    def lora_values_per_slot(self, tensor_parallel_size: int) -> int:
+        """The values of one LoRA slot on each of `tensor_parallel_size` GPUs (see the
+        LoRA constants above for the vLLM code they follow); 0 with LoRA off."""
+        if not self.lora_slots:
+            return 0
+        t = tensor_parallel_size
+        q = self.attention_heads * self.head_dim
+        kv = self.kv_heads * self.head_dim
+        hidden = self.hidden_size
+        per_layer = 7 * hidden + (2 * q + 2 * kv) // t + 3 * ceil_div(self.intermediate_size, t)
+        embeddings = 2 * (self.vocab_size + hidden) if self.lora_embeddings else 0
+        return self.lora_rank * (self.layers * per_layer + embeddings)
+
+    def lora_bytes(self, tensor_parallel_size: int, value_bytes: int) -> int:
+        """Bytes of vLLM's stacked LoRA buffers on each GPU: every slot, `value_bytes` each."""
+        return self.lora_slots * self.lora_values_per_slot(tensor_parallel_size) * value_bytes
 
     @property
     def kv_elements_per_token(self) -> int:
@@ -431,6 +512,9 @@ class TpCost:
     shm_gib: int  # /dev/shm
     # host memory each engine past the first adds (data parallel): its engine core and workers
     engine_host_bytes: int = 0
+    lora_bytes: int = 0  # per GPU: vLLM's stacked LoRA buffers (0 on the CPU: see host)
+    # per engine, in host memory: the workers' adapter caches (on the CPU also the buffers)
+    host_lora_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -453,6 +537,9 @@ class Costs:
     attention_heads: int
     kv_heads: int
     startup_seconds: int
+    # LoRA: max_loras and max_lora_rank, for the refusals' breakdown (0: off)
+    lora_slots: int = 0
+    lora_rank: int = 0
 
 
 def tp_candidates(model: ModelFacts, gpu_count: int) -> list[int]:
@@ -487,8 +574,19 @@ def costs_for(model: ModelFacts, flavor: str, dtype: str | None = None) -> Costs
     # KV values are stored in the compute dtype (4 bytes in float32, else 2), or fp8 (1).
     value_bytes = 4 if dtype == "float32" else 2
     kv_bytes = {"auto": model.kv_elements_per_token * value_bytes}
+    # LoRA buffers and adapters are in the compute dtype too (lora_dtype "auto").
+    lora_at_tp1 = model.lora_bytes(1, value_bytes)
     if on_cpu:
-        sizes = {1: TpCost(0, 0, HOST_RUNTIME_BYTES, CPU_SHM_GIB, HOST_BYTES_PER_ENGINE)}
+        sizes = {
+            1: TpCost(
+                weight_bytes=0,
+                reserve_bytes=0,
+                host_runtime_bytes=HOST_RUNTIME_BYTES,
+                shm_gib=CPU_SHM_GIB,
+                engine_host_bytes=HOST_BYTES_PER_ENGINE,
+                host_lora_bytes=LORA_CPU_HOST_COPIES * lora_at_tp1,
+            )
+        }
     else:
         kv_bytes["fp8"] = model.kv_elements_per_token
         sizes = {
@@ -498,6 +596,8 @@ def costs_for(model: ModelFacts, flavor: str, dtype: str | None = None) -> Costs
                 host_runtime_bytes=HOST_RUNTIME_BYTES + HOST_BYTES_PER_GPU_WORKER * t,
                 shm_gib=t * SHM_BYTES_PER_RANK // GIB if t > 1 else 0,
                 engine_host_bytes=HOST_BYTES_PER_ENGINE + HOST_BYTES_PER_GPU_WORKER * t,
+                lora_bytes=model.lora_bytes(t, value_bytes),
+                host_lora_bytes=t * lora_at_tp1,  # each worker's adapter cache
             )
             for t in tp_candidates(model, MAX_GPUS)
         }
@@ -520,6 +620,8 @@ def costs_for(model: ModelFacts, flavor: str, dtype: str | None = None) -> Costs
         attention_heads=model.attention_heads,
         kv_heads=model.kv_heads,
         startup_seconds=startup_seconds(model),
+        lora_slots=model.lora_slots,
+        lora_rank=model.lora_rank,
     )
 
 
@@ -789,10 +891,20 @@ class _GpuBudget:
         """Each GPU's share of the weights: its tensor-parallel share of its stage's layers."""
         return ceil_div(self.costs.tensor_parallel[t].weight_bytes, self.stages)
 
+    def lora(self, t: int) -> int:
+        """Each GPU's LoRA buffers: its stage's layers' share, split as evenly as the weights."""
+        return ceil_div(self.costs.tensor_parallel[t].lora_bytes, self.stages)
+
     def room(self, t: int) -> int:
         """Bytes per GPU left for the KV cache."""
         cost = self.costs.tensor_parallel[t]
-        return self.budget - self.weights(t) - self.activation - cost.reserve_bytes
+        return self.budget - self.weights(t) - self.activation - cost.reserve_bytes - self.lora(t)
+
+    def lora_part(self, t: int, key: str) -> str:
+        """The LoRA term of a refusal's breakdown (MESSAGES[key]); empty with LoRA off."""
+        if not self.lora(t):
+            return ""
+        return MESSAGES[key] % (gib(self.lora(t)), self.costs.lora_slots, self.costs.lora_rank)
 
     def capacity(self, t: int) -> int:
         """Tokens the whole KV cache holds: each rank keeps 1/t of every token's KV heads, of
@@ -820,14 +932,16 @@ class _GpuBudget:
         )
         weights, activation, reserve = self.weights(t), self.activation, cost.reserve_bytes
         if self.room(t) < 0 or self.kv_bytes == 0:
-            total = weights + activation + reserve
-            parts = (gib(weights), gib(activation), gib(reserve), gib(total))
+            total = weights + self.lora(t) + activation + reserve
+            lora_sum = self.lora_part(t, "gpuLoraSum")
+            parts = (gib(weights), lora_sum, gib(activation), gib(reserve), gib(total))
             return _refused("gpuNoRoom", where, *parts, fit=True)
         return _refused(
             "gpuShortKv",
             where,
             gib(self.room(t)),
             gib(weights),
+            self.lora_part(t, "gpuLoraList"),
             gib(activation),
             gib(reserve),
             self.capacity(t),
@@ -978,10 +1092,21 @@ class EngineHost:
     def shm_gib(self) -> int:
         return self.cost.shm_gib * self.engines
 
+    @property
+    def lora(self) -> int:
+        return self.cost.host_lora_bytes * self.engines
+
     def host_memory_gib(self, costs: Costs, hw: Hardware, o: Overrides) -> int:
         kv_gib = self.kv_gib * self.engines
         return _host_memory(
-            costs, hw, o, self.runtime, kv_gib, self.shm_gib, weight_copies=self.weight_copies
+            costs,
+            hw,
+            o,
+            self.runtime,
+            kv_gib,
+            self.shm_gib,
+            weight_copies=self.weight_copies,
+            lora=self.lora,
         )
 
 
@@ -993,6 +1118,7 @@ def _host_memory(
     kv_gib: int,
     shm_gib: int,
     weight_copies: int = 1,
+    lora: int = 0,
 ) -> int:
     """GiB of host memory the pod requests (and is limited to): what loading needs, checked
     against what the operator set (HOST_MEMORY_GIB) or else what the profile's nodes give.
@@ -1000,10 +1126,12 @@ def _host_memory(
     weights count in full, on each node of a multi-node group too: vLLM's loader
     (safetensors_weights_iterator) reads every tensor of the checkpoint and drops the other
     pipeline stages' after reading; `weight_copies` times where each engine holds its own
-    (EngineHost)."""
+    (EngineHost), and `lora` bytes of LoRA adapters (TpCost.host_lora_bytes)."""
     weights = costs.weight_bytes * weight_copies
-    need = ceil_div(weights + runtime + (kv_gib + shm_gib) * GIB, GIB)
+    need = ceil_div(weights + runtime + lora + (kv_gib + shm_gib) * GIB, GIB)
     parts = MESSAGES["hostParts"] % (gib(weights), gib(runtime))
+    if lora:
+        parts += MESSAGES["hostPartsLora"] % gib(lora)
     if kv_gib:
         parts += MESSAGES["hostPartsKv"] % kv_gib
     if shm_gib:

@@ -72,6 +72,7 @@ def config_facts(config: dict[str, Any]) -> dict[str, Any]:
         "model_type": model_type,
         "layers": _first(text, "num_hidden_layers", "n_layer", "num_layers"),
         "hidden_size": hidden,
+        "intermediate_size": _first(text, "intermediate_size"),
         "attention_heads": heads,
         "kv_heads": kv_heads,
         "head_dim": head_dim,
