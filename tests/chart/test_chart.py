@@ -63,6 +63,7 @@ def assert_agrees(result: Preview, fit: Fit) -> None:
     assert engine["gpu_memory_utilization"] == float(sizing.permille(fit.util_permille))
     assert engine["dtype"] == fit.dtype
     assert engine["kv_cache_dtype"] == fit.kv_cache_dtype
+    assert engine.get("quantization") == fit.quantization
     assert engine["enforce_eager"] == fit.enforce_eager
     assert engine["cpu_kvcache_space_gib"] == fit.cpu_kvcache_gib
     pod = serving_pod_of(result)
@@ -139,6 +140,7 @@ OVERRIDES = {
     "MAX_NUM_SEQS": st.sampled_from(["8", "64", "512"]),
     "MAX_NUM_BATCHED_TOKENS": st.sampled_from(["256", "2048", "16384"]),
     "KV_CACHE_DTYPE": st.sampled_from(["auto", "fp8"]),
+    "QUANTIZATION": st.sampled_from(["fp8", "awq", "gptq", "compressed-tensors"]),
     "CPU_KVCACHE_GIB": st.sampled_from(["1", "4"]),
     "CPU_DTYPE": st.sampled_from(["float32", "bfloat16"]),
     "HOST_CPU": st.sampled_from(["2", "16", "200", "9999"]),
