@@ -297,7 +297,7 @@ MESSAGES = {
     "fp8NoGpu": "%s=fp8 needs GPUs with FP8 (compute capability 8.9 or newer: Ada, such as the L4 "
     "and L40S, or Hopper, such as the H100 and H200), and the GPUs of profile %s (%s) have none",
     "capabilityOf": "compute capability %s",
-    "capabilityUnknown": "compute capability not given: the custom profile assumes no FP8",
+    "capabilityUnknown": "compute capability not given, which counts as no FP8",
 }
 
 
