@@ -42,6 +42,23 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- else if hasKey $o "cpuDtype" }}{{ fail (printf $m.cpuDtypeOnly $name) }}{{ end -}}
 {{- $stages := int64 ($hw.nodes | default 1) -}}
 {{- if and $c.embedding (gt $stages 1) }}{{ include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.multiNodeEmbed $c.model $name $stages)) }}{{ end -}}
+{{- /* QUANTIZATION against the weights and the GPUs, KV_CACHE_DTYPE=fp8 against the GPUs (sizing._check_quantization) */ -}}
+{{- $q := get $o "quantization" | default "" -}}
+{{- $own := or (eq $q "") (eq $q $c.quantization) -}}
+{{- if $cpu -}}
+{{- if not $own }}{{ fail (printf $m.quantizationCpu $q $c.model $c.quantization) }}{{ end -}}
+{{- else -}}
+{{- if and (eq (get $o "kvCacheDtype" | default "") "fp8") (not $hw.fp8) }}{{ fail (printf $m.fp8NoGpu "KV_CACHE_DTYPE" $name $hw.capabilityText) }}{{ end -}}
+{{- if not $own -}}
+{{- if ne $q "fp8" }}{{ fail (printf $m.quantizationMismatch $q $c.model $c.quantization) }}{{ end -}}
+{{- if ne $c.quantization "none" }}{{ fail (printf $m.fp8Quantized $c.model $c.quantization) }}{{ end -}}
+{{- if not (hasKey $c.gpuWeightBytes "fp8") }}{{ fail (printf $m.fp8SourceDtype $c.model $c.weightDtype) }}{{ end -}}
+{{- if not $hw.fp8 }}{{ fail (printf $m.fp8NoGpu "QUANTIZATION" $name $hw.capabilityText) }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- /* another quantization than the checkpoint's own: its weight bytes (Costs.gpu_weight_bytes) */ -}}
+{{- $quantized := and (not $cpu) (not $own) -}}
+{{- $quantizedBytes := ternary (get $c.gpuWeightBytes $q) 0 $quantized -}}
 {{- /* no override above what the profile's hardware has (or, where it does not say, any has) */ -}}
 {{- range $k.bounds -}}
 {{- if hasKey $o .field -}}
@@ -103,7 +120,8 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- if eq (mod $gpuCount $t) 0 -}}
 {{- $cost := get $c.tensorParallel (toString $t) -}}
 {{- /* each GPU: its tensor-parallel share of its pipeline stage's layers (one stage per node) */ -}}
-{{- $weights := div (add $cost.weightBytes (sub $stages 1)) $stages -}}
+{{- $share := include "zarf-vllm.rankWeights" (dict "cost" $cost "t" $t "quantized" $quantized "bytes" $quantizedBytes) | int64 -}}
+{{- $weights := div (add $share (sub $stages 1)) $stages -}}
 {{- $lora := div (add $cost.loraBytes (sub $stages 1)) $stages -}}
 {{- $room := sub $budget (add $weights $activation $cost.reserveBytes $lora) -}}
 {{- $candidates = append $candidates (int64 $t) -}}
@@ -130,7 +148,8 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- $room := get $rooms (toString $tp) -}}
 {{- if not (include "zarf-vllm.holds" (dict "room" $room "usable" (get $usables (toString $tp)) "kvBytes" $kvBytes "tokens" $required)) -}}
 {{- $where := printf $m.gpuBudget $c.model $name $tp $gpuCount (include "zarf-vllm.gib" $total) (include "zarf-vllm.permille" $util) (include "zarf-vllm.gib" $budget) -}}
-{{- $gpuWeights := div (add $cost.weightBytes (sub $stages 1)) $stages -}}
+{{- $share := include "zarf-vllm.rankWeights" (dict "cost" $cost "t" $tp "quantized" $quantized "bytes" $quantizedBytes) | int64 -}}
+{{- $gpuWeights := div (add $share (sub $stages 1)) $stages -}}
 {{- $w := include "zarf-vllm.gib" $gpuWeights -}}{{- $a := include "zarf-vllm.gib" $activation -}}{{- $r := include "zarf-vllm.gib" $cost.reserveBytes -}}
 {{- /* the LoRA adapter slots, named only where LoRA is on (sizing._GpuBudget.lora_part) */ -}}
 {{- $gpuLora := div (add $cost.loraBytes (sub $stages 1)) $stages -}}
@@ -177,8 +196,14 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
   "enforceEager" $hw.enforceEager "cpuKvcacheGib" (ternary $kvGib nil $cpu)
   "kvBytesPerToken" $kvBytes "kvCapacityTokens" $capacity "shmGib" $shmGib "hostMemoryGib" $host
   "hostCpu" (int64 (get $o "hostCpu" | default (mul $hw.hostCpu $tp $dp))) "startupSeconds" $c.startupSeconds
-  "nodes" $stages "pipelineParallelSize" $stages
+  "nodes" $stages "pipelineParallelSize" $stages "quantization" (ternary $q nil $quantized)
   | toJson -}}
+{{- end -}}
+
+{{/* Each rank's bytes of the weights before the pipeline split (sizing._GpuBudget.weights):
+the checkpoint's share, or under another quantization ceil(its bytes / t). */}}
+{{- define "zarf-vllm.rankWeights" -}}
+{{- if .quantized }}{{ div (add (int64 .bytes) (sub (int64 .t) 1)) (int64 .t) }}{{ else }}{{ int64 .cost.weightBytes }}{{ end -}}
 {{- end -}}
 
 {{/* "true" when a GPU holds the tokens (sizing._GpuBudget.holds). */}}

@@ -175,6 +175,9 @@ what the values set, so the manifest's own defaults apply otherwise.
   "enforce_eager" $fit.enforceEager
   "kv_cache_dtype" $fit.kvCacheDtype
   "cpu_kvcache_space_gib" (ternary (int64 $fit.cpuKvcacheGib) nil (eq (int64 $fit.gpus) 0)) -}}
+{{- /* only another quantization than the checkpoint's own (fp8): vLLM reads a pre-quantized
+       checkpoint's method from its config.json */ -}}
+{{- if $fit.quantization }}{{ $_ := set $engine "quantization" $fit.quantization }}{{ end -}}
 {{- if include "zarf-vllm.multiNode" . -}}
 {{- /* every node reads the same file; the leader's address and each worker's rank come
        from the pod (_pod.tpl) */ -}}

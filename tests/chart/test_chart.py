@@ -66,6 +66,7 @@ def assert_agrees(result: Preview, fit: Fit) -> None:
     assert engine["gpu_memory_utilization"] == float(sizing.permille(fit.util_permille))
     assert engine["dtype"] == fit.dtype
     assert engine["kv_cache_dtype"] == fit.kv_cache_dtype
+    assert engine.get("quantization") == fit.quantization
     assert engine["enforce_eager"] == fit.enforce_eager
     assert engine["cpu_kvcache_space_gib"] == fit.cpu_kvcache_gib
     pod = serving_pod_of(result)
@@ -79,6 +80,9 @@ def assert_agrees(result: Preview, fit: Fit) -> None:
         assert "nvidia.com/gpu" not in requests and "nvidia.com/gpu" not in limits
     kv = "none" if fit.kv_capacity_tokens is None else str(fit.kv_capacity_tokens)
     assert pod["metadata"]["annotations"]["zarf-vllm/kv-cache-tokens"] == kv
+    # The weights as they run: QUANTIZATION's fp8, else the manifest's own method.
+    weights = fit.quantization or manifest(fit.model).quantization.method
+    assert pod["metadata"]["annotations"]["zarf-vllm/quantization"] == weights
     assert pod["metadata"]["labels"]["zarf-vllm/profile"] == fit.profile
     if fit.gpus:
         term = pod["spec"]["affinity"]["nodeAffinity"][
@@ -142,6 +146,7 @@ OVERRIDES = {
     "MAX_NUM_SEQS": st.sampled_from(["8", "64", "512"]),
     "MAX_NUM_BATCHED_TOKENS": st.sampled_from(["256", "2048", "16384"]),
     "KV_CACHE_DTYPE": st.sampled_from(["auto", "fp8"]),
+    "QUANTIZATION": st.sampled_from(["fp8", "awq", "gptq", "compressed-tensors"]),
     "CPU_KVCACHE_GIB": st.sampled_from(["1", "4"]),
     "CPU_DTYPE": st.sampled_from(["float32", "bfloat16"]),
     "HOST_CPU": st.sampled_from(["2", "16", "200", "9999"]),
@@ -525,6 +530,57 @@ def test_overrides_beyond_the_hardware_are_refused_before_anything_is_applied() 
         overrides = VARIABLES.overrides(sets)
         assert message == str(python_fit("smollm2-135m-instruct", sets["PROFILE"], overrides))
     assert isinstance(run_preview("smollm2-135m-instruct", PROFILE="cpu", HOST_CPU="16"), Preview)
+
+
+def test_quantization_is_refused_before_anything_is_applied_in_the_sizings_words() -> None:
+    # (manifest, the variables, how the refusal starts): every refusal of sizing's
+    # _check_quantization, the chart's text equal to Python's.
+    fp8_gpus = "=fp8 needs GPUs with FP8 (compute capability 8.9 or newer"
+    cases = [
+        ("llama-3.1-8b-instruct", {"PROFILE": "a100-80gb", "QUANTIZATION": "fp8"},
+         "QUANTIZATION" + fp8_gpus),
+        ("llama-3.1-8b-instruct", {"PROFILE": "a100-40gb", "KV_CACHE_DTYPE": "fp8"},
+         "KV_CACHE_DTYPE" + fp8_gpus),
+        ("llama-3.1-8b-instruct",
+         {"PROFILE": "custom", "GPU_COUNT": "1", "GPU_MEMORY_GIB": "80", "QUANTIZATION": "fp8"},
+         "QUANTIZATION" + fp8_gpus),
+        ("qwen2.5-7b-instruct-awq", {"PROFILE": "l4-24gb", "QUANTIZATION": "fp8"},
+         "QUANTIZATION=fp8 quantizes a 16-bit checkpoint as vLLM loads it, and "
+         "qwen2.5-7b-instruct-awq is already awq-quantized"),
+        ("qwen2.5-7b-instruct-awq", {"PROFILE": "l4-24gb", "QUANTIZATION": "gptq"},
+         "QUANTIZATION=gptq does not match the weights of qwen2.5-7b-instruct-awq"),
+        ("llama-3.1-8b-instruct", {"PROFILE": "h100-80gb-x1", "QUANTIZATION": "compressed-tensors"},
+         "QUANTIZATION=compressed-tensors does not match the weights of llama-3.1-8b-instruct"),
+        ("bge-base-en-v1.5", {"PROFILE": "h100-80gb-x1", "QUANTIZATION": "fp8"},
+         "QUANTIZATION=fp8 quantizes a 16-bit checkpoint as vLLM loads it (bfloat16 or float16), "
+         "and the weights of bge-base-en-v1.5 are float32"),
+        ("smollm2-135m-instruct", {"PROFILE": "cpu", "QUANTIZATION": "fp8"},
+         "QUANTIZATION=fp8 does not apply to the cpu profile"),
+    ]  # fmt: skip
+    for manifest_id, sets, start in cases:
+        message = refusal(manifest_id, **sets)
+        assert message.startswith(start), (sets, message)
+        overrides = VARIABLES.overrides(sets)
+        assert message == str(python_fit(manifest_id, sets["PROFILE"], overrides))
+
+
+def test_fp8_reaches_the_engine_and_gives_llama_8b_more_kv_cache_on_an_l4() -> None:
+    bf16 = run_preview("llama-3.1-8b-instruct", PROFILE="l4-24gb")
+    fp8 = run_preview("llama-3.1-8b-instruct", PROFILE="l4-24gb", QUANTIZATION="fp8")
+    assert isinstance(bf16, Preview) and isinstance(fp8, Preview)
+    assert "quantization" not in config_of(bf16)["engine"]
+    assert config_of(fp8)["engine"]["quantization"] == "fp8"
+    tokens = [
+        int(serving_pod_of(r)["metadata"]["annotations"]["zarf-vllm/kv-cache-tokens"])
+        for r in (bf16, fp8)
+    ]
+    assert tokens[1] > tokens[0]
+    assert serving_pod_of(fp8)["metadata"]["annotations"]["zarf-vllm/quantization"] == "fp8"
+    # The manifest's own method is accepted and the engine is told nothing.
+    awq = run_preview("qwen2.5-7b-instruct-awq", PROFILE="l4-24gb", QUANTIZATION="awq")
+    assert isinstance(awq, Preview), str(awq)
+    assert "quantization" not in config_of(awq)["engine"]
+    assert serving_pod_of(awq)["metadata"]["annotations"]["zarf-vllm/quantization"] == "awq"
 
 
 def test_flavor_and_default_profile() -> None:

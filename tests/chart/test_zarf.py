@@ -157,6 +157,7 @@ def test_every_pattern_accepts_its_default_and_rejects_junk() -> None:
         ("TOLERATIONS", ["dedicated=llm:NoSchedule,nvidia.com/gpu:NoExecute"]),
         ("RUNTIME_CLASS", ["nvidia", "none"]),
         ("MODEL_NAME", ["vllm", "llama-3.1:8b"]),
+        ("QUANTIZATION", ["fp8", "awq", "gptq", "compressed-tensors"]),
     ],
 )
 def test_patterns_accept_real_values_and_refuse_near_misses(name: str, good: list[str]) -> None:
@@ -171,6 +172,7 @@ def test_patterns_accept_real_values_and_refuse_near_misses(name: str, good: lis
         "TOLERATIONS": ["key:Sometimes", "key=:NoSchedule"],
         "RUNTIME_CLASS": ["Nvidia", "-x"],
         "MODEL_NAME": [".hidden", "a b"],
+        "QUANTIZATION": ["FP8", "fp8_per_tensor", "none", "bitsandbytes"],
     }[name]
     for value in near_misses:
         assert not variable.accepts(value), value

@@ -129,3 +129,16 @@ def test_the_openai_api_samples_with_the_same_defaults(monkeypatch) -> None:
     assert args["override_generation_config"] == defaults
     no_defaults = engine_args(settings, False, "float32", {}, on_cpu=True)
     assert "override_generation_config" not in no_defaults
+
+
+def test_the_quantization_reaches_vllm_by_its_own_name() -> None:
+    from zarf_vllm.backend.engine import engine_args
+
+    def quantization(value: str | None) -> object:
+        settings = load_settings(None, {"model": {"path": "/m"}, "engine": {"quantization": value}})
+        return engine_args(settings, False, "auto", on_cpu=False).get("quantization", "unset")
+
+    # fp8 (QUANTIZATION) is vLLM 0.32's online FP8, fp8_per_tensor; other names pass as they are.
+    assert quantization("fp8") == "fp8_per_tensor"
+    assert quantization("awq") == "awq"
+    assert quantization(None) == "unset"  # the checkpoint's own: vLLM reads its config.json

@@ -22,8 +22,12 @@ MINILM = load_manifest(EMBEDDING_MANIFEST)
 CPU = Machine(gpu_count=0, gpu_memory_mib=0, memory_limit_bytes=8 * sizing.GIB)
 CPU_FIT_GIB = 7  # what the demo model needs on the cpu profile (docs/profiles.md)
 CPU_PROFILE = EngineSettings(
-    dtype="float32", max_model_len=4096, max_num_seqs=16, max_num_batched_tokens=4096,
-    enforce_eager=True, cpu_kvcache_space_gib=2,
+    dtype="float32",
+    max_model_len=4096,
+    max_num_seqs=16,
+    max_num_batched_tokens=4096,
+    enforce_eager=True,
+    cpu_kvcache_space_gib=2,
 )
 
 
@@ -120,3 +124,22 @@ def test_a_stage_of_a_model_split_across_nodes_is_sized_as_its_share() -> None:
     split = whole.model_copy(update={"pipeline_parallel_size": 2, "nnodes": 2})
     fit = check_fit(split, manifest, node)
     assert fit is not None and fit.tensor_parallel_size == 8 and fit.pipeline_parallel_size == 2
+
+
+def test_fp8_settings_are_checked_against_the_gpus_compute_capability() -> None:
+    fp8 = EngineSettings(max_model_len=8192, quantization="fp8", kv_cache_dtype="fp8")
+    ada = Machine(1, 23028, None, "8.9")
+    fit = check_fit(fp8, DEMO, ada)
+    assert fit is not None and fit.quantization == "fp8" and fit.kv_cache_dtype == "fp8"
+    # vLLM's own spelling of the same method sizes the same.
+    assert check_fit(fp8.model_copy(update={"quantization": "fp8_per_tensor"}), DEMO, ada) == fit
+    ampere = Machine(1, 40960, None, "8.0")
+    with pytest.raises(ConfigError) as refused:
+        check_fit(fp8, DEMO, ampere)
+    message = str(refused.value)
+    assert "(1 x 40960 MiB GPU(s), compute capability 8.0, no memory limit)" in message
+    assert "KV_CACHE_DTYPE=fp8 needs GPUs with FP8" in message
+    with pytest.raises(ConfigError, match="QUANTIZATION=fp8 needs GPUs with FP8"):
+        check_fit(fp8.model_copy(update={"kv_cache_dtype": "auto"}), DEMO, ampere)
+    with pytest.raises(ConfigError, match="QUANTIZATION=awq does not match the weights"):
+        check_fit(EngineSettings(max_model_len=8192, quantization="awq"), DEMO, ada)

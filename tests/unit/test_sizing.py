@@ -27,12 +27,15 @@ LLAMA_8B = ModelFacts(
     intermediate_size=14336,
     vocab_size=128256,
     max_positions=131072,
+    parameters=8_030_261_248,
+    tied_embeddings=False,
 )
 # Llama-3.1-70B: 80 layers, 64 heads, 8 KV heads.
 LLAMA_70B = dataclasses.replace(
     LLAMA_8B,
     id="llama-70b",
     weight_bytes=141_107_412_992,
+    parameters=70_553_706_496,
     layers=80,
     attention_heads=64,
     hidden_size=8192,
@@ -85,6 +88,7 @@ def gpu(name: str = "gpu", count: int = 1, memory_mib: int = 81920, **kw: object
         max_num_batched_tokens=8192,
         enforce_eager=False,
         cpu_kvcache_gib=None,
+        compute_capability="9.0",  # Hopper: FP8
     )
     base.update(kw)
     return Hardware(**base)  # type: ignore[arg-type]
@@ -616,3 +620,141 @@ def test_data_parallel_on_the_cpu_is_one_engine_unless_set_and_counts_each() -> 
     with pytest.raises(Refused, match=r"HOST_CPU=1 gives the 2 engines \(DATA_PARALLEL_SIZE\)"):
         size(SMOLLM2, CPU, Overrides(data_parallel_size=2, host_cpu=1))
     assert size(SMOLLM2, CPU, Overrides(data_parallel_size=2, host_cpu=2)).host_cpu == 2
+
+
+# -- QUANTIZATION ---------------------------------------------------------------------------
+AMPERE = {"compute_capability": "8.0"}
+AWQ_7B = dataclasses.replace(
+    LLAMA_8B, id="awq-7b", quantization="awq", weight_dtype="float16", weight_bytes=5_583_457_440
+)
+
+
+def test_fp8_weights_of_llama_8b_are_its_linear_layers_at_one_byte_and_embeddings_at_two() -> None:
+    # Untied: the input embedding and the LM head, 128256 x 4096 each, stay 16-bit.
+    embeddings = 2 * 128256 * 4096
+    assert sizing.embedding_parameters(LLAMA_8B) == embeddings == 1_050_673_152
+    linear = 8_030_261_248 - embeddings
+    expected = linear * 1 + embeddings * 2
+    assert sizing.fp8_weight_bytes(LLAMA_8B) == expected == 9_080_934_400
+    costs = sizing.costs_for(LLAMA_8B, "cuda")
+    assert costs.gpu_weight_bytes == {"none": LLAMA_8B.weight_bytes, "fp8": expected}
+    # Tied embeddings count once.
+    tied = dataclasses.replace(LLAMA_8B, tied_embeddings=True)
+    assert sizing.fp8_weight_bytes(tied) == (8_030_261_248 - embeddings // 2) + embeddings
+
+
+def test_fp8_is_offered_only_for_16_bit_unquantized_checkpoints_and_only_on_gpus() -> None:
+    assert sizing.fp8_weight_bytes(AWQ_7B) is None
+    assert sizing.fp8_weight_bytes(MINILM) is None  # float32
+    assert "fp8" not in sizing.costs_for(LLAMA_8B, "cpu").gpu_weight_bytes
+    assert sizing.costs_for(AWQ_7B, "cuda").gpu_weight_bytes == {"awq": AWQ_7B.weight_bytes}
+
+
+def test_fp8_weights_leave_more_room_for_the_kv_cache_by_the_bytes_saved() -> None:
+    hw = gpu(memory_mib=23028, util_permille=900, max_model_len=131072, max_num_seqs=64,
+             max_num_batched_tokens=4096)  # fmt: skip
+    bf16 = size(LLAMA_8B, hw)
+    fp8 = size(LLAMA_8B, hw, Overrides(quantization="fp8"))
+    saved = LLAMA_8B.weight_bytes - sizing.fp8_weight_bytes(LLAMA_8B)  # type: ignore[operator]
+    assert fp8.kv_capacity_tokens - bf16.kv_capacity_tokens == pytest.approx(
+        saved // bf16.kv_bytes_per_token, abs=1
+    )
+    assert fp8.max_model_len > bf16.max_model_len
+    assert fp8.quantization == "fp8" and bf16.quantization is None
+    # The host still maps the whole 16-bit checkpoint: the same host memory.
+    assert fp8.host_memory_gib == bf16.host_memory_gib
+    # And loading still reads it: the same start-up budget.
+    assert fp8.startup_seconds == bf16.startup_seconds
+
+
+def test_fp8_weights_split_over_tensor_parallel_ranks() -> None:
+    # Llama-3.1-70B in bf16 does not fit two 80 GB GPUs; in fp8 each holds half of 70.6 GB.
+    two = gpu(count=2)
+    with pytest.raises(Refused, match=r"65\.7 GiB of weights"):
+        size(LLAMA_70B, two, Overrides(tensor_parallel_size=2))
+    fp8 = size(LLAMA_70B, two, Overrides(quantization="fp8", tensor_parallel_size=2))
+    assert fp8.tensor_parallel_size == 2 and fp8.kv_capacity_tokens
+    per_gpu = sizing.ceil_div(sizing.fp8_weight_bytes(LLAMA_70B), 2)  # type: ignore[arg-type]
+    tight = Overrides(quantization="fp8", tensor_parallel_size=2, max_model_len=131072)
+    with pytest.raises(Refused, match=re.escape(f"after {sizing.gib(per_gpu)} GiB of weights")):
+        size(LLAMA_70B, gpu(count=2, memory_mib=49152), tight)
+
+
+def refused(model: ModelFacts, hw: Hardware, **overrides: object) -> str:
+    with pytest.raises(Refused) as exc:
+        size(model, hw, Overrides(**overrides))  # type: ignore[arg-type]
+    assert not exc.value.fit  # a bad choice of values: no alternatives appended
+    return str(exc.value)
+
+
+FP8_NEEDS = (
+    "=fp8 needs GPUs with FP8 (compute capability 8.9 or newer: Ada, such as the L4 and L40S, "
+    "or Hopper, such as the H100 and H200), and the GPUs of profile gpu "
+)
+
+
+def test_fp8_weights_are_refused_on_gpus_without_fp8() -> None:
+    text = refused(LLAMA_8B, gpu(**AMPERE), quantization="fp8")
+    assert text == "QUANTIZATION" + FP8_NEEDS + "(compute capability 8.0) have none"
+    unknown = refused(LLAMA_8B, gpu(compute_capability=None), quantization="fp8")
+    assert unknown.endswith("(compute capability not given, which counts as no FP8) have none")
+    assert size(LLAMA_8B, gpu(compute_capability="8.9"), Overrides(quantization="fp8"))
+
+
+def test_an_fp8_kv_cache_is_refused_on_gpus_without_fp8() -> None:
+    text = refused(LLAMA_8B, gpu(**AMPERE), kv_cache_dtype="fp8")
+    assert text == "KV_CACHE_DTYPE" + FP8_NEEDS + "(compute capability 8.0) have none"
+    assert size(LLAMA_8B, gpu(**AMPERE), Overrides(kv_cache_dtype="auto"))
+
+
+def test_fp8_of_an_already_quantized_manifest_is_refused() -> None:
+    text = refused(AWQ_7B, gpu(), quantization="fp8")
+    assert text == (
+        "QUANTIZATION=fp8 quantizes a 16-bit checkpoint as vLLM loads it, and awq-7b is already "
+        "awq-quantized: leave QUANTIZATION empty"
+    )
+
+
+def test_fp8_of_a_float32_checkpoint_is_refused() -> None:
+    text = refused(MINILM, gpu(), quantization="fp8")
+    assert text == (
+        "QUANTIZATION=fp8 quantizes a 16-bit checkpoint as vLLM loads it (bfloat16 or float16), "
+        "and the weights of minilm are float32: leave QUANTIZATION empty"
+    )
+
+
+@pytest.mark.parametrize("method", ["awq", "gptq", "compressed-tensors"])
+def test_a_method_the_weights_are_not_in_is_refused(method: str) -> None:
+    text = refused(LLAMA_8B, gpu(), quantization=method)
+    assert text == (
+        f"QUANTIZATION={method} does not match the weights of llama-8b (quantization none in its "
+        "manifest): vLLM runs a pre-quantized checkpoint only in the method it was saved with, "
+        "and quantizes only a 16-bit one itself (fp8); leave QUANTIZATION empty"
+    )
+
+
+def test_the_manifests_own_method_is_accepted_and_tells_the_engine_nothing() -> None:
+    fit = size(AWQ_7B, gpu(**AMPERE), Overrides(quantization="awq"))
+    assert fit.quantization is None
+    assert fit == size(AWQ_7B, gpu(**AMPERE))
+    assert "awq" in refused(AWQ_7B, gpu(), quantization="gptq")
+
+
+def test_on_the_cpu_only_the_manifests_own_method_is_accepted() -> None:
+    text = refused(SMOLLM2, CPU, quantization="fp8")
+    assert text == (
+        "QUANTIZATION=fp8 does not apply to the cpu profile, which runs smollm2's weights as "
+        "they are (quantization none in its manifest; vLLM-CPU has no FP8): leave QUANTIZATION "
+        "empty"
+    )
+    awq_small = dataclasses.replace(SMOLLM2, quantization="awq", weight_dtype="float16")
+    assert size(awq_small, CPU, Overrides(quantization="awq")) == size(awq_small, CPU)
+    assert "QUANTIZATION=gptq does not apply" in refused(awq_small, CPU, quantization="gptq")
+
+
+def test_the_fp8_capability_is_vllms_89() -> None:
+    assert sizing.FP8_MIN_CAPABILITY == 89
+    assert [gpu(compute_capability=c).fp8 for c in ("8.0", "8.6", "8.9", "9.0", "10.0")] == [
+        False, False, True, True, True,
+    ]  # fmt: skip
+    assert not CPU.fp8

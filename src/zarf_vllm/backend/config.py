@@ -80,7 +80,14 @@ class EngineSettings(_Section):
             "compiled on GPUs (engine.resolve_enforce_eager)"
         ),
     ] = None
-    quantization: str | None = None
+    quantization: Annotated[
+        str | None,
+        Field(
+            description="What vLLM quantizes the weights to as it loads them: fp8 (QUANTIZATION; "
+            "a 16-bit checkpoint's linear layers, on GPUs with FP8) or another vLLM method name; "
+            "null: the checkpoint as it was saved (vLLM reads a pre-quantized one's method)"
+        ),
+    ] = None
     kv_cache_dtype: str = "auto"
     enable_prefix_caching: bool | None = None
     trust_remote_code: bool = False

@@ -132,7 +132,7 @@ def engine_args(
         "max_model_len": engine.max_model_len,
         "max_num_seqs": engine.max_num_seqs,
         "max_num_batched_tokens": engine.max_num_batched_tokens,
-        "quantization": engine.quantization,
+        "quantization": vllm_quantization(engine.quantization),
         "enable_prefix_caching": engine.enable_prefix_caching,
     }
     args.update({key: value for key, value in optional.items() if value is not None})
@@ -143,6 +143,18 @@ def engine_args(
     if sampling_defaults:
         args["override_generation_config"] = dict(sampling_defaults)
     return args
+
+
+# The package's QUANTIZATION names where vLLM 0.32 spells them otherwise: `fp8` on a 16-bit
+# checkpoint is vLLM's online FP8, whose name is now `fp8_per_tensor` (vllm/config/
+# quantization.py _ONLINE_SHORTHANDS; `fp8` still works for it but is deprecated, weight_utils.py
+# get_quant_config). The chart writes engine.quantization only for that (sizing.Fit.quantization).
+VLLM_QUANTIZATION_NAMES = {"fp8": "fp8_per_tensor"}
+
+
+def vllm_quantization(value: str | None) -> str | None:
+    """engine.quantization as vLLM's `quantization` argument."""
+    return VLLM_QUANTIZATION_NAMES.get(value, value) if value is not None else None
 
 
 def multinode_args(settings: Settings) -> dict[str, Any]:

@@ -42,6 +42,7 @@ class Machine:
     gpu_count: int  # 0: the CPU engine
     gpu_memory_mib: int  # of each GPU (0 on the CPU)
     memory_limit_bytes: int | None  # the container's limit; None: unlimited
+    compute_capability: str | None = None  # of the GPUs, "8.9"; None: the CPU, or not known
 
 
 def memory_limit_bytes() -> int | None:
@@ -68,7 +69,10 @@ def detect_machine() -> Machine:
     # total is nvidia-smi's, the figure the profiles record.
     count = current_platform.device_count()
     memory = current_platform.get_device_total_memory(0) if count else 0
-    return Machine(count, memory // sizing.MIB, limit)
+    # NVML's too (NvmlCudaPlatform.get_device_capability): whether the GPUs have FP8.
+    capability = current_platform.get_device_capability(0) if count else None
+    text = None if capability is None else f"{capability.major}.{capability.minor}"
+    return Machine(count, memory // sizing.MIB, limit, text)
 
 
 def _nvml_says() -> str:
@@ -130,6 +134,7 @@ def check_fit(
         # beyond this machine's; the sizing takes one stage per node. (On the CPU, where the
         # KV cache is a fixed size per process, stages change nothing it sizes.)
         nodes=1 if on_cpu else settings.pipeline_parallel_size,
+        compute_capability=machine.compute_capability,
     )
     limit = machine.memory_limit_bytes
     overrides = sizing.Overrides(
@@ -142,6 +147,7 @@ def check_fit(
         kv_cache_dtype=None if on_cpu else _kv_cache_dtype(settings.kv_cache_dtype),
         # "auto" is the sizing's own CPU dtype; the two it sizes are taken as they are.
         cpu_dtype=settings.dtype if on_cpu and settings.dtype in sizing.CPU_DTYPES else None,
+        quantization=_quantization(settings.quantization),
     )
     try:
         return sizing.size(model, hardware, overrides)
@@ -157,6 +163,15 @@ def _kv_cache_dtype(value: str) -> str:
     return "fp8" if value.startswith("fp8") else "auto"
 
 
+# vLLM's own names for the methods the sizing knows by QUANTIZATION's names.
+_VLLM_METHODS = {"fp8_per_tensor": "fp8", "awq_marlin": "awq", "gptq_marlin": "gptq"}
+
+
+def _quantization(value: str | None) -> str | None:
+    """engine.quantization as the sizing's QUANTIZATION (vLLM's spellings mapped back)."""
+    return None if value is None else _VLLM_METHODS.get(value, value)
+
+
 def _described(machine: Machine) -> str:
     memory = (
         "no memory limit"
@@ -165,7 +180,12 @@ def _described(machine: Machine) -> str:
     )
     if machine.gpu_count == 0:
         return f"CPU, {memory}"
-    return f"{machine.gpu_count} x {machine.gpu_memory_mib} MiB GPU(s), {memory}"
+    capability = (
+        ""
+        if machine.compute_capability is None
+        else f", compute capability {machine.compute_capability}"
+    )
+    return f"{machine.gpu_count} x {machine.gpu_memory_mib} MiB GPU(s){capability}, {memory}"
 
 
 def check_this_machine(settings: EngineSettings, manifest: ModelManifest | None) -> None:

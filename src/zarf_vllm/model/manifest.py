@@ -164,7 +164,9 @@ class Architecture(_Strict):
 
 
 class Quantization(_Strict):
-    method: Literal["none", "awq", "gptq", "fp8", "bitsandbytes"] = "none"
+    # A pre-quantized checkpoint's method, as its config.json quantization_config names it
+    # (compressed-tensors: llm-compressor's format, e.g. W8A8 or W4A16 checkpoints).
+    method: Literal["none", "awq", "gptq", "fp8", "bitsandbytes", "compressed-tensors"] = "none"
     bits: Annotated[int | None, Field(ge=2, le=16)] = None
 
     @model_validator(mode="after")

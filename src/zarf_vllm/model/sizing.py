@@ -183,6 +183,21 @@ LORA_CPU_HOST_COPIES = 2
 # (vllm/model_executor/layers/quantization/auto_awq.py). No FP8 or bitsandbytes on the CPU.
 CPU_QUANTIZATIONS = ("none", "awq", "gptq")
 
+# QUANTIZATION (cuda flavor): empty runs the checkpoint as it was saved; `fp8` quantizes a
+# 16-bit checkpoint's linear layers as vLLM loads it (its online FP8, `--quantization
+# fp8_per_tensor` in vLLM 0.32: vllm/config/quantization.py _ONLINE_SHORTHANDS; the engine maps
+# the name, zarf_vllm.backend.engine); the others name a pre-quantized checkpoint's own method
+# and must be the manifest's.
+QUANTIZATIONS = ("fp8", "awq", "gptq", "compressed-tensors")
+# vLLM's online FP8 loads bfloat16 or float16 checkpoints (vllm/model_executor/layers/
+# quantization/online/fp8.py OnlineLinearBase; OnlineQuantizationConfig.get_supported_act_dtypes).
+FP8_SOURCE_DTYPES = ("bfloat16", "float16")
+# FP8 weights and the FP8 KV cache need compute capability 8.9 (Ada: L4, L40S) or newer (Hopper
+# 9.0: H100, H200): vllm/platforms/cuda.py CudaPlatform.supports_fp8, has_device_capability(89).
+# (On Ampere, 8.0/8.6, vLLM would fall back to weight-only FP8 through its Marlin kernel, with no
+# FP8 tensor cores; the package refuses FP8 there rather than run it without the hardware.)
+FP8_MIN_CAPABILITY = 89
+
 
 # The GPU_COUNT variable's upper bound: costs are written for every tensor-parallel size up to it.
 MAX_GPUS = 64
@@ -314,6 +329,20 @@ MESSAGES = {
     "fitsProfiles": ". Profiles that fit %s without overrides: %s",
     "fitsNoProfile": ". No profile fits %s",
     "fitsManifests": ". Manifests that fit profile %s: %s",
+    "quantizationCpu": "QUANTIZATION=%s does not apply to the cpu profile, which runs %s's "
+    "weights as they are (quantization %s in its manifest; vLLM-CPU has no FP8): leave "
+    "QUANTIZATION empty",
+    "quantizationMismatch": "QUANTIZATION=%s does not match the weights of %s (quantization %s "
+    "in its manifest): vLLM runs a pre-quantized checkpoint only in the method it was saved "
+    "with, and quantizes only a 16-bit one itself (fp8); leave QUANTIZATION empty",
+    "fp8Quantized": "QUANTIZATION=fp8 quantizes a 16-bit checkpoint as vLLM loads it, and %s is "
+    "already %s-quantized: leave QUANTIZATION empty",
+    "fp8SourceDtype": "QUANTIZATION=fp8 quantizes a 16-bit checkpoint as vLLM loads it (bfloat16 "
+    "or float16), and the weights of %s are %s: leave QUANTIZATION empty",
+    "fp8NoGpu": "%s=fp8 needs GPUs with FP8 (compute capability 8.9 or newer: Ada, such as the L4 "
+    "and L40S, or Hopper, such as the H100 and H200), and the GPUs of profile %s (%s) have none",
+    "capabilityOf": "compute capability %s",
+    "capabilityUnknown": "compute capability not given, which counts as no FP8",
 }
 
 
@@ -368,6 +397,10 @@ class ModelFacts:
     lora_rank: int = 0
     # Whether the embedding and the LM head get LoRA slots (LORA_NO_EMBEDDING_MODEL_TYPES).
     lora_embeddings: bool = True
+    # For the FP8 weight bytes (fp8_weight_bytes): the parameter count and whether the LM head
+    # shares the input embedding's matrix (tie_word_embeddings).
+    parameters: int = 0
+    tied_embeddings: bool = False
 
     @classmethod
     def from_manifest(cls, manifest: ModelManifest) -> ModelFacts:
@@ -390,6 +423,8 @@ class ModelFacts:
             vocab_size=arch.vocab_size,
             max_positions=arch.context_limit,
             lora_embeddings=arch.model_type not in LORA_NO_EMBEDDING_MODEL_TYPES,
+            parameters=arch.parameters,
+            tied_embeddings=arch.tied_embeddings,
         )
         return facts.with_lora(lora.lora_slots([a.rank for a in manifest.adapters]))
 
@@ -453,10 +488,24 @@ class Hardware:
     # Nodes the model spans (a LeaderWorkerSet group): pipeline parallel across them, one
     # stage per node, tensor parallel inside each.
     nodes: int = 1
+    # The GPUs' CUDA compute capability, "8.9"; None: not given (the CPU, the custom profile).
+    compute_capability: str | None = None
 
     @property
     def flavor(self) -> str:
         return "cpu" if self.gpu_count == 0 else "cuda"
+
+    @property
+    def fp8(self) -> bool:
+        """Whether the GPUs have FP8 (FP8_MIN_CAPABILITY); unknown counts as none."""
+        return capability_int(self.compute_capability) >= FP8_MIN_CAPABILITY
+
+    @property
+    def capability_text(self) -> str:
+        """The GPUs' capability as the fp8NoGpu refusal names it."""
+        if self.compute_capability is None:
+            return MESSAGES["capabilityUnknown"]
+        return MESSAGES["capabilityOf"] % self.compute_capability
 
     def bound(self, field: str) -> int | None:
         """The most a bounded override (a BOUNDS field) may ask of this hardware; None: the
@@ -487,6 +536,7 @@ class Overrides:
     host_cpu: int | None = None
     host_memory_gib: int | None = None
     data_parallel_size: int | None = None
+    quantization: str | None = None  # QUANTIZATION: one of QUANTIZATIONS
 
 
 NO_OVERRIDES = Overrides()
@@ -540,6 +590,48 @@ class Costs:
     # LoRA: max_loras and max_lora_rank, for the refusals' breakdown (0: off)
     lora_slots: int = 0
     lora_rank: int = 0
+    # The weights in GPU memory by the quantization the engine runs (the manifest's own, and
+    # fp8 where a 16-bit checkpoint may take it; cuda flavor), all ranks together: QUANTIZATION
+    # picks one, as KV_CACHE_DTYPE picks kv_bytes. (The host still maps the checkpoint's
+    # weight_bytes, and loading reads them: startup_seconds.)
+    gpu_weight_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
+    weight_dtype: str = ""  # the checkpoint's unquantized dtype (manifest weight_dtype)
+
+
+def capability_int(capability: str | None) -> int:
+    """A capability as vLLM compares it (DeviceCapability.to_int): "8.9" is 89; None: 0."""
+    if capability is None:
+        return 0
+    major, minor = capability.split(".")
+    return int(major) * 10 + int(minor)
+
+
+def embedding_parameters(model: ModelFacts) -> int:
+    """The input embedding and, unless tied to it, the LM head: vocab_size x hidden_size each."""
+    return model.vocab_size * model.hidden_size * (1 if model.tied_embeddings else 2)
+
+
+def fp8_weight_bytes(model: ModelFacts) -> int | None:
+    """The weights in GPU memory under QUANTIZATION=fp8; None where the checkpoint cannot take
+    it (already quantized, or not 16-bit).
+
+    vLLM's online FP8 quantizes the LinearBase layers only (vllm/model_executor/layers/
+    quantization/online/base.py OnlineQuantizationConfig.get_quant_method; in 0.32 `fp8` on a
+    16-bit checkpoint is that config, vllm/model_executor/model_loader/weight_utils.py
+    get_quant_config, which replaced fp8.py Fp8Config's online path): their weights become 1
+    byte each. The input embedding and the LM head (VocabParallelEmbedding, ParallelLMHead) get
+    no quantization method and stay 16-bit. So do the norms, which this counts at 1 byte: at
+    most (4 x layers + 1) x hidden_size bytes short, 0.5 MiB for Llama-3.1-8B. Each linear layer
+    adds a float32 per-tensor weight scale (Fp8PerTensorOnlineLinearMethod), a few KiB for the
+    whole model: negligible, not counted. The 16-bit weights are loaded on the meta device and
+    quantized layer by layer (OnlineLinearBase), so the whole 16-bit model never sits in GPU
+    memory."""
+    embedding = embedding_parameters(model)
+    if model.quantized or model.weight_dtype not in FP8_SOURCE_DTYPES:
+        return None
+    if model.parameters <= embedding:  # no parameter count (facts built by hand): no linears
+        return None
+    return (model.parameters - embedding) * 1 + embedding * 2
 
 
 def tp_candidates(model: ModelFacts, gpu_count: int) -> list[int]:
@@ -622,7 +714,19 @@ def costs_for(model: ModelFacts, flavor: str, dtype: str | None = None) -> Costs
         startup_seconds=startup_seconds(model),
         lora_slots=model.lora_slots,
         lora_rank=model.lora_rank,
+        gpu_weight_bytes=gpu_weight_bytes(model, flavor, weight_bytes),
+        weight_dtype=model.weight_dtype,
     )
+
+
+def gpu_weight_bytes(model: ModelFacts, flavor: str, weight_bytes: int) -> dict[str, int]:
+    """Costs.gpu_weight_bytes: the checkpoint as it is (`weight_bytes`, at the compute dtype)
+    under its own method, and on GPUs fp8 where the checkpoint may take it."""
+    table = {model.quantization: weight_bytes}
+    fp8 = fp8_weight_bytes(model)
+    if flavor != "cpu" and fp8 is not None:
+        table["fp8"] = fp8
+    return table
 
 
 @dataclass(frozen=True)
@@ -652,6 +756,10 @@ class Fit:
     # Per pod: gpus, gpu_memory_mib, shm_gib, host_memory_gib and host_cpu are one node's.
     nodes: int = 1
     pipeline_parallel_size: int = 1
+    # What the engine is told to quantize (engine.quantization): fp8, or None for the
+    # checkpoint as it was saved (vLLM reads a pre-quantized checkpoint's method from its
+    # config.json quantization_config, so QUANTIZATION=<the manifest's own> tells it nothing).
+    quantization: str | None = None
 
     @property
     def parallelism(self) -> str:
@@ -719,6 +827,7 @@ def fit(costs: Costs, hardware: Hardware, overrides: Overrides = NO_OVERRIDES) -
     """The fit of one model's costs (in the dtype it runs) on one profile's hardware, step by
     step as the chart's override check repeats it."""
     _check_variables(costs, hardware, overrides)
+    _check_quantization(costs, hardware, overrides)
     _check_bounds(hardware, overrides)
     demand = _context_and_batch(costs, hardware, overrides)
     if hardware.flavor == "cpu":
@@ -749,6 +858,31 @@ def _check_variables(costs: Costs, hardware: Hardware, overrides: Overrides) -> 
         raise _refused("cpuDtypeOnly", hardware.name, fit=False)
     if costs.embedding and hardware.nodes > 1:
         raise _refused("multiNodeEmbed", costs.model, hardware.name, hardware.nodes, fit=True)
+
+
+def _check_quantization(costs: Costs, hardware: Hardware, o: Overrides) -> None:
+    """QUANTIZATION against the manifest's weights and the GPUs, and KV_CACHE_DTYPE=fp8
+    against the GPUs; the chart's override check takes the same steps."""
+    q = o.quantization
+    own = q is None or q == costs.quantization
+    if hardware.flavor == "cpu":
+        if not own:
+            raise _refused("quantizationCpu", q, costs.model, costs.quantization, fit=False)
+        return
+    if o.kv_cache_dtype == "fp8" and not hardware.fp8:
+        where = (hardware.name, hardware.capability_text)
+        raise _refused("fp8NoGpu", "KV_CACHE_DTYPE", *where, fit=False)
+    if own:
+        return
+    if q != "fp8":
+        raise _refused("quantizationMismatch", q, costs.model, costs.quantization, fit=False)
+    if costs.quantization != "none":
+        raise _refused("fp8Quantized", costs.model, costs.quantization, fit=False)
+    if "fp8" not in costs.gpu_weight_bytes:
+        raise _refused("fp8SourceDtype", costs.model, costs.weight_dtype, fit=False)
+    if not hardware.fp8:
+        where = (hardware.name, hardware.capability_text)
+        raise _refused("fp8NoGpu", "QUANTIZATION", *where, fit=False)
 
 
 def _check_bounds(hardware: Hardware, o: Overrides) -> None:
@@ -867,6 +1001,9 @@ class _GpuBudget:
     # also hold the embeddings and the output head, a few tenths of a GiB per GPU for a
     # 405B-class model, which the KV margin below absorbs.)
     stages: int = 1
+    # The whole model's weights in GPU memory under another quantization than the checkpoint's
+    # own (Costs.gpu_weight_bytes[QUANTIZATION]); None: the checkpoint's, TpCost.weight_bytes.
+    quantized_weight_bytes: int | None = None
 
     @property
     def cuda_total(self) -> int:
@@ -889,7 +1026,10 @@ class _GpuBudget:
 
     def weights(self, t: int) -> int:
         """Each GPU's share of the weights: its tensor-parallel share of its stage's layers."""
-        return ceil_div(self.costs.tensor_parallel[t].weight_bytes, self.stages)
+        share = self.costs.tensor_parallel[t].weight_bytes
+        if self.quantized_weight_bytes is not None:
+            share = ceil_div(self.quantized_weight_bytes, t)
+        return ceil_div(share, self.stages)
 
     def lora(self, t: int) -> int:
         """Each GPU's LoRA buffers: its stage's layers' share, split as evenly as the weights."""
@@ -961,6 +1101,7 @@ def _fit_gpu(costs: Costs, hw: Hardware, o: Overrides, demand: _Demand) -> Fit:
     if gpu_count is None or memory_mib is None:
         raise _refused("customNeedsGpus", hw.name, fit=False)
     kv_dtype = o.kv_cache_dtype or "auto"
+    other = o.quantization is not None and o.quantization != costs.quantization
     gpu = _GpuBudget(
         costs=costs,
         profile=hw.name,
@@ -970,6 +1111,7 @@ def _fit_gpu(costs: Costs, hw: Hardware, o: Overrides, demand: _Demand) -> Fit:
         kv_bytes=costs.kv_bytes[kv_dtype],
         activation=demand.activation,
         stages=hw.nodes,
+        quantized_weight_bytes=costs.gpu_weight_bytes[o.quantization] if other else None,
     )
     gpu.check_utilization()
     candidates = [t for t in costs.tensor_parallel if gpu_count % t == 0]
@@ -1027,6 +1169,7 @@ def _fit_gpu(costs: Costs, hw: Hardware, o: Overrides, demand: _Demand) -> Fit:
         startup_seconds=costs.startup_seconds,
         nodes=hw.nodes,
         pipeline_parallel_size=hw.nodes,
+        quantization=o.quantization if other else None,
     )
 
 

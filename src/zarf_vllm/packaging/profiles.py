@@ -52,6 +52,14 @@ class _Strict(BaseModel):
 class GpuSpec(_Strict):
     count: Annotated[int | None, Field(ge=0, le=64, description="GPUs per node; 0: CPU only")]
     memory_mib: Annotated[int | None, Field(ge=0, description="Each GPU's total, as nvidia-smi")]
+    compute_capability: Annotated[
+        str | None,
+        Field(
+            pattern=r"^[0-9]{1,2}\.[0-9]$",
+            description="The GPUs' CUDA compute capability (8.9 or newer has FP8: "
+            "sizing.FP8_MIN_CAPABILITY); null on the CPU and where not known (custom)",
+        ),
+    ]
 
 
 class HostSpec(_Strict):
@@ -119,6 +127,8 @@ class Profile(_Strict):
             raise ValueError("engine.cpu_kvcache_space_gib is required on the CPU, and only there")
         if (self.gpu.count is None) != (self.gpu.memory_mib is None):
             raise ValueError("gpu.count and gpu.memory_mib are both given or both null (custom)")
+        if cpu_only and self.gpu.compute_capability is not None:
+            raise ValueError("gpu.compute_capability is null on the CPU")
         if (self.gpu.count is None) != (self.host.max_cpu is None):
             raise ValueError("host.max_cpu is null for custom, and only there")
         if self.nodes > 1 and not self.gpu.count:
@@ -145,6 +155,7 @@ class Profile(_Strict):
             enforce_eager=self.engine.enforce_eager,
             cpu_kvcache_gib=self.engine.cpu_kvcache_space_gib,
             nodes=self.nodes,
+            compute_capability=self.gpu.compute_capability,
         )
 
     @property
@@ -273,6 +284,9 @@ def costs_values(costs: Costs) -> dict:
 def _hardware_values(hardware: Hardware) -> dict:
     values = _camel_dict(hardware)
     values["flavor"] = hardware.flavor
+    # Whether QUANTIZATION=fp8 and KV_CACHE_DTYPE=fp8 may run, and the GPUs as a refusal names them.
+    values["fp8"] = hardware.fp8
+    values["capabilityText"] = hardware.capability_text
     # What each bounded override may reach on this profile (null: only sizing.BOUNDS' own).
     values["bounds"] = {
         deploy_variables.camel_case(b.field): hardware.bound(b.field) for b in sizing.BOUNDS
