@@ -35,6 +35,13 @@ process in every case) minus that of a process holding only AsyncLLM.
 
     .venv/bin/python bench/serving.py [--concurrency 32 128] [--tokens 128] [--rounds 3]
         [--configs default tuned] [--channels shared per-call] [--skip-openai]
+        [--plot serving.png]
+
+--concurrency takes the sweep (e.g. --concurrency 8 32 128); --plot also writes a PNG of it
+(bench/plot.py): output tokens/s and TTFT p50 against concurrency, one line per system,
+configuration and client pattern, each host's raw AsyncLLM baseline dashed. It needs the `bench`
+extra (matplotlib): `.venv/bin/pip install -e '.[bench]'`, or `EXTRAS=cpu,demo,test,bench
+scripts/setup`; without --plot the benchmark runs without it.
 """
 
 from __future__ import annotations
@@ -51,6 +58,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from plot import Row  # bench/plot.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
@@ -501,12 +512,52 @@ def print_against_tuned(hosts: dict[str, list[dict]]) -> None:
                 )
 
 
+def plot_rows(hosts: dict[str, list[dict]]) -> list[Row]:
+    """The report's tokens/s and TTFT p50 as bench/plot.py's rows: each host's raw baseline and
+    each of its served client patterns, per concurrency."""
+    from plot import RAW, Row
+
+    rows: list[Row] = []
+    for name, results in hosts.items():
+        for r in results:
+            if "load_s" in r:
+                continue
+            waves = {RAW: r["raw"], **r["served"]}
+            for client, measured in waves.items():
+                tps, p50, _ = summarize(measured)
+                rows.append(Row(name, client, r["concurrency"], tps, p50))
+    return rows
+
+
+def check_plot(path: Path | None) -> str | None:
+    """Why --plot cannot be drawn, found before the benchmark's minutes rather than after."""
+    if path is None:
+        return None
+    from plot import check_path
+
+    try:
+        check_path(path, "--plot")
+    except ValueError as exc:
+        return str(exc)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "--plot needs matplotlib, the bench extra: .venv/bin/pip install -e '.[bench]'"
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--role", default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help="model directory (default: a tiny random Llama)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[32, 128])
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[32, 128],
+        help="concurrent streams, one sweep point each (default: 32 128)",
+    )
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3, help="measured raw/served pairs")
     parser.add_argument("--skip-openai", action="store_true")
@@ -521,8 +572,18 @@ def main() -> int:
         default=None,
         help="ours: server.stream_interval_ms (default: the server's default)",
     )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PATH.png",
+        help="also write tokens/s and TTFT p50 against concurrency as a PNG (the bench extra)",
+    )
     parser.add_argument("--temperature", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.role == "bench" and (problem := check_plot(args.plot)):
+        parser.error(problem)
+    if any(c < 1 for c in args.concurrency):
+        parser.error(f"--concurrency: each must be >= 1, got {args.concurrency}")
 
     plan = (args.model, args.concurrency, args.tokens, args.rounds)
     if args.role == "grpc-client":
@@ -570,6 +631,11 @@ def main() -> int:
         if not args.skip_openai:
             hosts["openai"] = run_host("host-openai", model, eos, args)
         print_report(engine_only, hosts)
+        if args.plot is not None:
+            from plot import draw
+
+            title = f"bench/serving.py: {args.tokens} tokens a stream, {args.rounds} rounds"
+            print(f"\nplot: {draw(plot_rows(hosts), args.plot, title)}")
     return 0
 
 

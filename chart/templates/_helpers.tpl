@@ -23,12 +23,42 @@ zarf-vllm/model: {{ toString (.Values.model.id | default "") | trunc 63 | quote 
 {{- .Values.modelName | default .Values.model.id -}}
 {{- end -}}
 
-{{/* The LoRA adapters' gRPC ports, [{name, port, portName}] as JSON: the model's port (50051)
+{{/* The model's gRPC port and the metrics port: the backend's server.port and
+server.metrics_port defaults (zarf_vllm.backend.config.ServerSettings), which the config below
+sets. Every template names them through these. */}}
+{{- define "zarf-vllm.grpcPort" -}}
+50051
+{{- end -}}
+
+{{- define "zarf-vllm.metricsPort" -}}
+9090
+{{- end -}}
+
+{{/* The LoRA adapters' gRPC ports, [{name, port, portName}] as JSON: the model's port
 + 1 + the adapter's index, as zarf_vllm.backend.adapters.adapter_port gives them. */}}
 {{- define "zarf-vllm.adapterPorts" -}}
+{{- $first := add1 (include "zarf-vllm.grpcPort" . | int) -}}
 {{- $ports := list -}}
 {{- range $index, $name := (.Values.model.adapters | default list) -}}
-{{- $ports = append $ports (dict "name" $name "port" (add 50052 $index) "portName" (printf "lora-%d" $index)) -}}
+{{- $ports = append $ports (dict "name" $name "port" (add $first $index) "portName" (printf "lora-%d" $index)) -}}
+{{- end -}}
+{{- toJson $ports -}}
+{{- end -}}
+
+{{/* Every port the Service serves, in its order, [{name, port, appProtocol, adapter}] as JSON:
+gRPC (the Service's first port, the one `zarf connect` tunnels to), one gRPC port per LoRA
+adapter (adapter: its name), metrics, and the OpenAI API when it is on. The serving container
+opens the same ports under the same names (plus, with TLS, the health port, which is not in the
+Service), and NOTES.txt lists them: one list for the three. */}}
+{{- define "zarf-vllm.servicePorts" -}}
+{{- $ports := list (dict "name" "grpc" "port" (include "zarf-vllm.grpcPort" . | int) "appProtocol" "grpc") -}}
+{{- range include "zarf-vllm.adapterPorts" . | fromJsonArray -}}
+{{- $ports = append $ports (dict "name" .portName "port" (int .port) "appProtocol" "grpc" "adapter" .name) -}}
+{{- end -}}
+{{- $ports = append $ports (dict "name" "metrics" "port" (include "zarf-vllm.metricsPort" . | int) "appProtocol" "http") -}}
+{{- if include "zarf-vllm.openai" . -}}
+{{- $scheme := ternary "https" "http" (eq (include "zarf-vllm.tls" .) "true") -}}
+{{- $ports = append $ports (dict "name" "openai" "port" (include "zarf-vllm.openaiPort" . | int) "appProtocol" $scheme) -}}
 {{- end -}}
 {{- toJson $ports -}}
 {{- end -}}
@@ -136,7 +166,7 @@ true
 {{- end -}}
 
 {{- define "zarf-vllm.probePort" -}}
-{{- ternary (include "zarf-vllm.healthPort" .) "50051" (eq (include "zarf-vllm.tls" .) "true") -}}
+{{- ternary (include "zarf-vllm.healthPort" .) (include "zarf-vllm.grpcPort" .) (eq (include "zarf-vllm.tls" .) "true") -}}
 {{- end -}}
 
 {{- /* config.py's tls section: the Secret's files (cert-manager's names) and the health port. */ -}}
@@ -185,7 +215,7 @@ what the values set, so the manifest's own defaults apply otherwise.
 {{- $_ := set $engine "nnodes" (int64 $fit.nodes) -}}
 {{- end -}}
 {{- $openaiPort := ternary (include "zarf-vllm.openaiPort" . | int64) nil (eq (include "zarf-vllm.openai" .) "true") -}}
-{{- $server := merge (dict "port" 50051 "metrics_port" 9090 "openai_port" $openaiPort "log_level" .Values.logLevel) $b.server -}}
+{{- $server := merge (dict "port" (include "zarf-vllm.grpcPort" . | int64) "metrics_port" (include "zarf-vllm.metricsPort" . | int64) "openai_port" $openaiPort "log_level" .Values.logLevel) $b.server -}}
 {{- /* openai stays empty here: its api_key comes from a Secret, in the environment. */ -}}
 {{- dict "model" $model "engine" $engine "sampling" $b.sampling "chat" $b.chat "limits" $b.limits "server" $server "openai" dict "tls" (include "zarf-vllm.tlsConfig" . | fromJson) | toYaml -}}
 {{- end -}}

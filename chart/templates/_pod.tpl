@@ -79,20 +79,10 @@ containers:
       {{- end }}
     {{- if ne $role "worker" }}
     ports:
-      - name: grpc
-        containerPort: 50051
-        protocol: TCP
-      {{- range include "zarf-vllm.adapterPorts" $root | fromJsonArray }}
-      - name: {{ .portName }}
+      {{- /* the Service's ports, under the names its targetPorts use */}}
+      {{- range include "zarf-vllm.servicePorts" $root | fromJsonArray }}
+      - name: {{ .name }}
         containerPort: {{ int .port }}
-        protocol: TCP
-      {{- end }}
-      - name: metrics
-        containerPort: 9090
-        protocol: TCP
-      {{- if $openai }}
-      - name: openai
-        containerPort: {{ include "zarf-vllm.openaiPort" $root }}
         protocol: TCP
       {{- end }}
       {{- if $tls }}
