@@ -342,7 +342,6 @@ MESSAGES = {
     "fp8NoGpu": "%s=fp8 needs GPUs with FP8 (compute capability 8.9 or newer: Ada, such as the L4 "
     "and L40S, or Hopper, such as the H100 and H200), and the GPUs of profile %s (%s) have none",
     "capabilityOf": "compute capability %s",
-    "capabilityUnknown": "compute capability not given, which counts as no FP8",
 }
 
 
@@ -497,14 +496,20 @@ class Hardware:
 
     @property
     def fp8(self) -> bool:
-        """Whether the GPUs have FP8 (FP8_MIN_CAPABILITY); unknown counts as none."""
+        """Whether the GPUs have FP8 (FP8_MIN_CAPABILITY). GPUs whose class the profile does not
+        name (custom) may: the deploy allows FP8 there, and the backend's start-up check, which
+        reads the real GPUs' capability from NVML, refuses it on GPUs without."""
+        if self.flavor == "cpu":
+            return False
+        if self.compute_capability is None:
+            return True
         return capability_int(self.compute_capability) >= FP8_MIN_CAPABILITY
 
     @property
     def capability_text(self) -> str:
-        """The GPUs' capability as the fp8NoGpu refusal names it."""
+        """The GPUs' capability as the fp8NoGpu refusal names it ("" where it never refuses)."""
         if self.compute_capability is None:
-            return MESSAGES["capabilityUnknown"]
+            return ""
         return MESSAGES["capabilityOf"] % self.compute_capability
 
     def bound(self, field: str) -> int | None:
