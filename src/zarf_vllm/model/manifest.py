@@ -216,7 +216,11 @@ class Adapter(_Strict):
     ]
     source: Annotated[
         HuggingFaceSource | LocalSource,
-        Field(discriminator="kind", description="Where its files come from (no recipes)"),
+        Field(
+            discriminator="kind",
+            description="Where its files come from (no recipes); without `include`, `lock` "
+            "records adapter_config.json and adapter_model.safetensors",
+        ),
     ]
     files: Annotated[
         list[ManifestFile] | None,
@@ -225,11 +229,19 @@ class Adapter(_Strict):
             "adapter's own directory; null while unlocked"
         ),
     ] = None
-    rank: Annotated[int, Field(gt=0, le=512, description="The LoRA rank r of adapter_config.json")]
+    rank: Annotated[
+        int | None,
+        Field(
+            gt=0,
+            le=512,
+            description="The LoRA rank of adapter_config.json: its r, or the largest of "
+            "rank_pattern where that is larger; null while unlocked (`lock` reads it)",
+        ),
+    ] = None
 
     @property
     def locked(self) -> bool:
-        if self.files is None:
+        if self.files is None or self.rank is None:
             return False
         return not (isinstance(self.source, HuggingFaceSource) and self.source.revision is None)
 
@@ -299,7 +311,7 @@ class ModelManifest(_Strict):
 
     @property
     def max_adapter_rank(self) -> int | None:
-        return max((a.rank for a in self.adapters), default=None)
+        return max((a.rank for a in self.adapters if a.rank is not None), default=None)
 
     @property
     def weight_bytes(self) -> int:
