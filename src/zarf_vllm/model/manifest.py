@@ -29,6 +29,8 @@ ADAPTER_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 # `adapter_dir`, so the layout is decided here alone.
 ADAPTERS_DIR = "adapters"
 REVISION_PATTERN = r"^[0-9a-f]{40}$"
+# The largest LoRA rank vLLM serves: the top of MaxLoRARanks (vllm/config/lora.py).
+MAX_ADAPTER_RANK = 512
 MANIFEST_ID_PATTERN = r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$"
 
 
@@ -233,7 +235,7 @@ class Adapter(_Strict):
         int | None,
         Field(
             gt=0,
-            le=512,
+            le=MAX_ADAPTER_RANK,
             description="The LoRA rank of adapter_config.json: its r, or the largest of "
             "rank_pattern where that is larger; null while unlocked (`lock` reads it)",
         ),
