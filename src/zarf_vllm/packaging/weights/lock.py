@@ -206,7 +206,7 @@ def _content_end(lines: list[str], lo: int, hi: int) -> int:
     return hi
 
 
-def _adapter_items(lines: list[str], count: int) -> list[tuple[int, int, int]]:
+def _adapter_items(lines: list[str]) -> list[tuple[int, int, int]]:
     """(first line, end, key column) of each item of the top-level `adapters:` list."""
     start = next(
         (i for i, line in enumerate(lines) if re.match(r"adapters:\s*(#.*)?$", line)), None
@@ -219,9 +219,9 @@ def _adapter_items(lines: list[str], count: int) -> list[tuple[int, int, int]]:
     ):
         end += 1
     dashes = [i for i in range(start + 1, end) if re.match(r" *- ", lines[i])]
+    if not dashes:
+        return []
     starts = [i for i in dashes if _indent(lines[i]) == _indent(lines[dashes[0]])]
-    if len(starts) != count:
-        raise WeightsError(f"cannot find the {count} items of the `adapters:` block to update")
     items = []
     for k, first in enumerate(starts):
         dash = re.match(r" *- +", lines[first])
@@ -262,7 +262,7 @@ def _with_value(line: str, col: int, key: str, value: str) -> str:
 
 
 def _set_adapter_revision(lines: list[str], index: int, adapter: Adapter) -> list[str]:
-    first, end, col = _adapter_items(lines, index + 1)[index]
+    first, end, col = _adapter_items(lines)[index]
     key = _key_line(lines, first, end, col, "source")
     inner = [] if key is None else [i for i in range(key + 1, _block_end(lines, key, end, col))]
     inner = [i for i in inner if _is_content(lines[i])]
@@ -282,7 +282,7 @@ def _set_adapter_revision(lines: list[str], index: int, adapter: Adapter) -> lis
 
 
 def _set_adapter_files(lines: list[str], index: int, adapter: Adapter) -> list[str]:
-    first, end, col = _adapter_items(lines, index + 1)[index]
+    first, end, col = _adapter_items(lines)[index]
     rendered = textwrap.indent(render_files(adapter.files or []), " " * col).splitlines(True)
     key = _key_line(lines, first, end, col, "files")
     if key is not None:
@@ -296,7 +296,7 @@ def _set_adapter_files(lines: list[str], index: int, adapter: Adapter) -> list[s
 
 
 def _set_adapter_rank(lines: list[str], index: int, adapter: Adapter) -> list[str]:
-    first, end, col = _adapter_items(lines, index + 1)[index]
+    first, end, col = _adapter_items(lines)[index]
     key = _key_line(lines, first, end, col, "rank")
     if key is not None:
         lines[key] = _with_value(lines[key], col, "rank", str(adapter.rank))
@@ -316,6 +316,8 @@ def _set_adapters(text: str, adapters: list[Adapter]) -> str:
     """Edits each adapter that the file does not already hold as it is in `adapters`."""
     written = (yaml.safe_load(text) or {}).get("adapters") or []
     lines = (text if text.endswith("\n") else text + "\n").splitlines(keepends=True)
+    if len(_adapter_items(lines)) != len(adapters):
+        raise WeightsError(f"cannot find the {len(adapters)} items of `adapters:` to update")
     for index, adapter in enumerate(adapters):
         if index < len(written) and _same_adapter(written[index], adapter):
             continue  # locked already: left exactly as written
