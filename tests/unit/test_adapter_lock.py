@@ -171,6 +171,18 @@ def test_an_adapter_with_only_pickled_weights_is_refused(hub, tmp_path) -> None:
     assert path.read_text() == before
 
 
+def test_include_that_selects_pickles_is_refused(hub, tmp_path) -> None:
+    hub.hub.add_repo(MODEL_REPO, tiny_model_files(weight_bytes=1024))
+    hub.hub.add_repo(ADAPTER_REPO, {**adapter_repo(), "adapter_model.bin": b"\x80" * 512})
+    include = '      include: ["adapter_config.json", "adapter_model.*"]\n'
+    text = MANIFEST.replace(
+        "      repo: org/tiny-sql-lora\n", "      repo: org/tiny-sql-lora\n" + include
+    )
+    path = write_manifest(tmp_path, adapter_repo(r=8, seed=2), text=text)
+    with pytest.raises(WeightsError, match=r"selects pickled weights \['adapter_model\.bin'\]"):
+        lock_manifest_file(path, log=lambda _: None)
+
+
 def test_a_rank_that_contradicts_adapter_config_is_refused(hub, tmp_path) -> None:
     hub.hub.add_repo(MODEL_REPO, tiny_model_files(weight_bytes=1024))
     hub.hub.add_repo(ADAPTER_REPO, adapter_repo())

@@ -95,7 +95,9 @@ def _from_directory(name: str, source: LocalSource) -> tuple[list[ManifestFile],
     return hash_files(directory, selected), (directory / ADAPTER_CONFIG).read_bytes()
 
 
-def _checked_selection(name: str, where: str, available: list[str], selected: list[str]):
+def _checked_selection(
+    name: str, where: str, available: list[str], selected: list[str]
+) -> list[str]:
     """`selected`, once it holds the config and safetensors weights and no pickle."""
     if ADAPTER_CONFIG not in selected:
         raise WeightsError(

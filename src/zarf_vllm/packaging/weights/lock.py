@@ -261,14 +261,13 @@ def _with_value(line: str, col: int, key: str, value: str) -> str:
     return f"{match.group(1)} {value}{match.group(2) or ''}\n"
 
 
-def _set_adapter_revision(lines: list[str], index: int, adapter: Adapter) -> list[str]:
+def _set_adapter_revision(lines: list[str], index: int, name: str, revision: str) -> list[str]:
     first, end, col = _adapter_items(lines)[index]
     key = _key_line(lines, first, end, col, "source")
-    inner = [] if key is None else [i for i in range(key + 1, _block_end(lines, key, end, col))]
-    inner = [i for i in inner if _is_content(lines[i])]
-    if key is None or not inner:
-        raise WeightsError(f"adapter {adapter.name!r}: write its `source:` as a block mapping")
-    revision = str(adapter.source.revision)  # type: ignore[union-attr]
+    block = range(key + 1, _block_end(lines, key, end, col)) if key is not None else range(0)
+    inner = [i for i in block if _is_content(lines[i])]
+    if not inner:
+        raise WeightsError(f"adapter {name!r}: write its `source:` as a block mapping")
     source_col, source_end = _indent(lines[inner[0]]), inner[-1] + 1
     existing = _key_line(lines, inner[0], source_end, source_col, "revision")
     if existing is not None:
@@ -276,7 +275,7 @@ def _set_adapter_revision(lines: list[str], index: int, adapter: Adapter) -> lis
         return lines
     repo = _key_line(lines, inner[0], source_end, source_col, "repo")
     if repo is None:
-        raise WeightsError(f"adapter {adapter.name!r}: cannot find `repo:` in its `source:`")
+        raise WeightsError(f"adapter {name!r}: cannot find `repo:` in its `source:`")
     lines.insert(repo + 1, f"{' ' * source_col}revision: {revision}\n")
     return lines
 
@@ -322,7 +321,8 @@ def _set_adapters(text: str, adapters: list[Adapter]) -> str:
         if index < len(written) and _same_adapter(written[index], adapter):
             continue  # locked already: left exactly as written
         if isinstance(adapter.source, HuggingFaceSource):
-            lines = _set_adapter_revision(lines, index, adapter)
+            revision = str(adapter.source.revision)
+            lines = _set_adapter_revision(lines, index, adapter.name, revision)
         lines = _set_adapter_files(lines, index, adapter)
         lines = _set_adapter_rank(lines, index, adapter)
     return "".join(lines)
