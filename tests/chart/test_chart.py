@@ -541,9 +541,6 @@ def test_quantization_is_refused_before_anything_is_applied_in_the_sizings_words
          "QUANTIZATION" + fp8_gpus),
         ("llama-3.1-8b-instruct", {"PROFILE": "a100-40gb", "KV_CACHE_DTYPE": "fp8"},
          "KV_CACHE_DTYPE" + fp8_gpus),
-        ("llama-3.1-8b-instruct",
-         {"PROFILE": "custom", "GPU_COUNT": "1", "GPU_MEMORY_GIB": "80", "QUANTIZATION": "fp8"},
-         "QUANTIZATION" + fp8_gpus),
         ("qwen2.5-7b-instruct-awq", {"PROFILE": "l4-24gb", "QUANTIZATION": "fp8"},
          "QUANTIZATION=fp8 quantizes a 16-bit checkpoint as vLLM loads it, and "
          "qwen2.5-7b-instruct-awq is already awq-quantized"),
@@ -562,6 +559,15 @@ def test_quantization_is_refused_before_anything_is_applied_in_the_sizings_words
         assert message.startswith(start), (sets, message)
         overrides = VARIABLES.overrides(sets)
         assert message == str(python_fit(manifest_id, sets["PROFILE"], overrides))
+
+
+def test_fp8_on_the_custom_profile_is_left_to_the_start_up_check() -> None:
+    # custom names no GPU class: the backend's start-up check reads the capability from NVML.
+    sets = {"PROFILE": "custom", "GPU_COUNT": "1", "GPU_MEMORY_GIB": "80"}
+    fp8 = run_preview("llama-3.1-8b-instruct", **sets, QUANTIZATION="fp8", KV_CACHE_DTYPE="fp8")
+    assert isinstance(fp8, Preview), fp8
+    engine = config_of(fp8)["engine"]
+    assert (engine["quantization"], engine["kv_cache_dtype"]) == ("fp8", "fp8")
 
 
 def test_fp8_reaches_the_engine_and_gives_llama_8b_more_kv_cache_on_an_l4() -> None:

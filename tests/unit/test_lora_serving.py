@@ -57,6 +57,16 @@ def test_a_rank_cap_below_an_adapter_is_refused(tmp_path: Path, model_dir: Path)
         served_adapters(settings_for(model_dir, max_lora_rank=8), manifest)
 
 
+def test_an_adapter_without_a_rank_is_refused(tmp_path: Path, model_dir: Path) -> None:
+    manifest = manifest_with(tmp_path, {"sql": 8})
+    data = manifest.model_dump()
+    data["adapters"].append({**data["adapters"][0], "name": "poems", "rank": None})
+    unlocked = ModelManifest.model_validate(data)
+    assert not unlocked.locked and unlocked.max_adapter_rank == 8
+    with pytest.raises(ConfigError, match=r"\['poems'\] have no rank: the manifest is unlocked"):
+        served_adapters(settings_for(model_dir), unlocked)
+
+
 def test_a_missing_adapter_directory_is_refused(tmp_path: Path, model_dir: Path) -> None:
     manifest = manifest_with(tmp_path, {"sql": 8, "gone": 8})
     with pytest.raises(ConfigError, match=r"adapter 'gone': .* has no adapter_config\.json"):

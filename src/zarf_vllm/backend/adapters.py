@@ -32,14 +32,15 @@ def served_adapters(
     if manifest is None or not manifest.adapters or engine.enable_lora is False:
         return ()
     assert settings.model.path is not None
-    too_large = [a.name for a in manifest.adapters if a.rank > (engine.max_lora_rank or a.rank)]
+    ranks = _ranks(manifest)
+    too_large = [name for name, rank in ranks.items() if rank > (engine.max_lora_rank or rank)]
     if too_large:
         raise ConfigError(
             f"engine.max_lora_rank={engine.max_lora_rank} is below the rank of adapter(s) "
             f"{too_large}: raise it to {manifest.max_adapter_rank} or leave it unset"
         )
     served = tuple(
-        ServedAdapter(a.name, settings.model.path / adapter_dir(a.name), a.rank, index + 1)
+        ServedAdapter(a.name, settings.model.path / adapter_dir(a.name), ranks[a.name], index + 1)
         for index, a in enumerate(manifest.adapters)
     )
     for adapter in served:
@@ -49,6 +50,18 @@ def served_adapters(
                 "model image carries it (re-run the pull), or set engine.enable_lora=false"
             )
     return served
+
+
+def _ranks(manifest: ModelManifest) -> dict[str, int]:
+    """Each adapter's rank; an adapter without one is unlocked, so its files were never
+    pulled into the image either."""
+    unranked = [a.name for a in manifest.adapters if a.rank is None]
+    if unranked:
+        raise ConfigError(
+            f"adapter(s) {unranked} have no rank: the manifest is unlocked; lock it on a "
+            "connected machine (`lock`) and rebuild the model image"
+        )
+    return {a.name: a.rank for a in manifest.adapters if a.rank is not None}
 
 
 def adapter_port(model_port: int, index: int) -> int:

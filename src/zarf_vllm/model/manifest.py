@@ -31,6 +31,8 @@ ADAPTER_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 # `adapter_dir`, so the layout is decided here alone.
 ADAPTERS_DIR = "adapters"
 REVISION_PATTERN = r"^[0-9a-f]{40}$"
+# The largest LoRA rank vLLM serves (zarf_vllm.model.lora.VLLM_LORA_RANKS, vLLM's MaxLoRARanks).
+MAX_ADAPTER_RANK = VLLM_LORA_RANKS[-1]
 MANIFEST_ID_PATTERN = r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$"
 
 
@@ -224,7 +226,11 @@ class Adapter(_Strict):
     ]
     source: Annotated[
         HuggingFaceSource | LocalSource,
-        Field(discriminator="kind", description="Where its files come from (no recipes)"),
+        Field(
+            discriminator="kind",
+            description="Where its files come from (no recipes); without `include`, `lock` "
+            "records adapter_config.json and adapter_model.safetensors",
+        ),
     ]
     files: Annotated[
         list[ManifestFile] | None,
@@ -234,17 +240,18 @@ class Adapter(_Strict):
         ),
     ] = None
     rank: Annotated[
-        int,
+        int | None,
         Field(
             gt=0,
-            le=VLLM_LORA_RANKS[-1],
-            description="The LoRA rank r of adapter_config.json",
+            le=MAX_ADAPTER_RANK,
+            description="The LoRA rank of adapter_config.json: its r, or the largest of "
+            "rank_pattern where that is larger; null while unlocked (`lock` reads it)",
         ),
-    ]
+    ] = None
 
     @property
     def locked(self) -> bool:
-        if self.files is None:
+        if self.files is None or self.rank is None:
             return False
         return not (isinstance(self.source, HuggingFaceSource) and self.source.revision is None)
 
@@ -314,7 +321,7 @@ class ModelManifest(_Strict):
 
     @property
     def max_adapter_rank(self) -> int | None:
-        return max((a.rank for a in self.adapters), default=None)
+        return max((a.rank for a in self.adapters if a.rank is not None), default=None)
 
     @property
     def weight_bytes(self) -> int:

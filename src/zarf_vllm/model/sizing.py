@@ -425,7 +425,9 @@ class ModelFacts:
             parameters=arch.parameters,
             tied_embeddings=arch.tied_embeddings,
         )
-        return facts.with_lora(lora.lora_slots([a.rank for a in manifest.adapters]))
+        # (An unlocked adapter has no rank yet; it cannot be packaged, so any stands in.)
+        ranks = [a.rank or 1 for a in manifest.adapters]
+        return facts.with_lora(lora.lora_slots(ranks))
 
     def with_lora(self, slots: lora.LoraSlots | None) -> ModelFacts:
         """These facts with LoRA at `slots` (None: off)."""

@@ -14,15 +14,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="record a manifest's exact revision and files (size, sha256) from its source",
         description=(
             "Resolves the source to an exact revision and writes every needed file's path, "
-            "size and sha256 into the manifest file (comments kept). Checks config.json "
-            "against the architecture facts. Hugging Face sources honour HF_ENDPOINT and "
-            "HF_TOKEN; no weights are downloaded for them."
+            "size and sha256 into the manifest file (comments kept), and the same for each "
+            "LoRA adapter not locked yet, with its rank from adapter_config.json. Checks "
+            "config.json against the architecture facts. Hugging Face sources honour "
+            "HF_ENDPOINT and HF_TOKEN; no weights are downloaded for them."
         ),
     )
     parser.add_argument("manifest", help="manifest file, or a model id in model-manifests/")
     parser.add_argument(
         "--revision",
-        help="branch, tag or commit to lock (Hugging Face; default: the manifest's, else main)",
+        help="branch, tag or commit of the model to lock (Hugging Face; default: the "
+        "manifest's, else main); adapters are locked at their own revision, else main",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="print the locked files, leave the file as it is"
@@ -58,4 +60,13 @@ def run(args: argparse.Namespace) -> int:
         + ("" if args.dry_run else f"; written to {path}"),
         file=sys.stderr,
     )
+    for adapter in locked.adapters:
+        adapter_files = adapter.files or []
+        adapter_revision = getattr(adapter.source, "revision", None)
+        print(
+            f"lock: adapter {adapter.name}: {len(adapter_files)} files, "
+            f"{sum(f.size for f in adapter_files):,} bytes, rank {adapter.rank}"
+            + (f", revision {adapter_revision}" if adapter_revision else ""),
+            file=sys.stderr,
+        )
     return 0

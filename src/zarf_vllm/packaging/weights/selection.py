@@ -38,6 +38,15 @@ SAFETENSORS_PATTERNS = ("*.safetensors", "model.safetensors.index.json")
 PYTORCH_PATTERNS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
 EXCLUDED_PATTERNS = ("original/*", "consolidated*", "*/consolidated*", ".*", "*/.*")
 
+# A LoRA adapter's directory as vLLM loads it: adapter_config.json (PEFTHelper.from_local_dir,
+# vllm/lora/peft_helper.py) and the weights from adapter_model.safetensors, else the pickles
+# adapter_model.bin or adapter_model.pt (LoRAModel.from_local_checkpoint,
+# vllm/lora/lora_model.py). Only safetensors are recorded: a pickle can run code when loaded.
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_PICKLES = ("adapter_model.bin", "adapter_model.pt")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
 
 def _matches(path: str, patterns: Iterable[str]) -> bool:
     return any(fnmatchcase(path, pattern) for pattern in patterns)
@@ -53,3 +62,11 @@ def select_files(paths: Iterable[str], include: Iterable[str] | None = None) -> 
     has_safetensors = any(fnmatchcase(p, "*.safetensors") for p in candidates)
     weights = SAFETENSORS_PATTERNS if has_safetensors else PYTORCH_PATTERNS
     return [p for p in candidates if _matches(p, (*METADATA_PATTERNS, *weights))]
+
+
+def select_adapter_files(paths: Iterable[str], include: Iterable[str] | None = None) -> list[str]:
+    """The sorted subset of an adapter's `paths` to record: `include` globs if given, else
+    its config and safetensors weights."""
+    paths = sorted(set(paths))
+    patterns = list(include) if include is not None else [ADAPTER_CONFIG, ADAPTER_WEIGHTS]
+    return [p for p in paths if _matches(p, patterns)]
