@@ -45,6 +45,7 @@ architecture:
   parameters: 4096
   layers: 2
   hidden_size: 64
+  intermediate_size: 128
   attention_heads: 4
   kv_heads: 2
   head_dim: 16
