@@ -19,7 +19,7 @@ from zarf_vllm.backend.adapters import ServedAdapter
 from zarf_vllm.backend.config import EngineSettings, Settings
 from zarf_vllm.backend.logs import get_logger, log_event
 from zarf_vllm.model import sizing
-from zarf_vllm.model.lora import lora_slots
+from zarf_vllm.model.lora import LoraSlots, lora_slots
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -78,16 +78,22 @@ def resolve_enforce_eager(requested: bool | None, *, on_cpu: bool) -> bool:
     return on_cpu
 
 
-def lora_args(engine: EngineSettings, adapters: Sequence[ServedAdapter]) -> dict[str, Any]:
-    """enable_lora, max_loras and max_lora_rank: the settings' where set, else from the
-    adapters served (all of them in one batch, their largest rank), as `lora_slots`
-    decides them for the sizing too."""
-    slots = lora_slots(
-        [a.rank for a in adapters],
+def engine_lora_slots(engine: EngineSettings, ranks: Sequence[int]) -> LoraSlots | None:
+    """The LoRA slots these settings give the engine for adapters of `ranks`: the settings'
+    enable_lora, max_loras and max_lora_rank where set, else `lora_slots`' defaults. The engine's
+    arguments and the start-up fit check both ask here."""
+    return lora_slots(
+        ranks,
         enable=engine.enable_lora,
         max_loras=engine.max_loras,
         max_rank=engine.max_lora_rank,
     )
+
+
+def lora_args(engine: EngineSettings, adapters: Sequence[ServedAdapter]) -> dict[str, Any]:
+    """enable_lora, max_loras and max_lora_rank for the adapters served (all of them in one
+    batch, their largest rank, unless the settings say otherwise)."""
+    slots = engine_lora_slots(engine, [a.rank for a in adapters])
     if slots is None:
         return {}
     return {

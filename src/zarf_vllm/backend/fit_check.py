@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zarf_vllm.backend.config import ConfigError, EngineSettings
-from zarf_vllm.backend.engine import resolve_enforce_eager
+from zarf_vllm.backend.engine import (
+    VLLM_QUANTIZATION_NAMES,
+    engine_lora_slots,
+    resolve_enforce_eager,
+)
 from zarf_vllm.model import sizing
-from zarf_vllm.model.lora import lora_slots
 from zarf_vllm.model.manifest import ModelManifest
 
 # Where the container's memory limit is (cgroup v2, then v1); "max" or absent: no limit.
@@ -98,13 +101,8 @@ def check_fit(
     ConfigError with the sizing's reason, in numbers, when it cannot fit. None: nothing to
     check (a generative model on the CPU without a fixed KV-cache size, which vLLM-CPU then
     sizes itself)."""
-    # The LoRA slots these settings give the engine (engine.lora_args decides them alike).
-    slots = lora_slots(
-        [a.rank for a in manifest.adapters],
-        enable=settings.enable_lora,
-        max_loras=settings.max_loras,
-        max_rank=settings.max_lora_rank,
-    )
+    # The LoRA slots these settings give the engine, as the engine's arguments get them.
+    slots = engine_lora_slots(settings, [a.rank for a in manifest.adapters])
     model = sizing.ModelFacts.from_manifest(manifest).with_lora(slots)
     on_cpu = machine.gpu_count == 0
     if on_cpu and settings.cpu_kvcache_space_gib is None and model.task != "embed":
@@ -163,8 +161,12 @@ def _kv_cache_dtype(value: str) -> str:
     return "fp8" if value.startswith("fp8") else "auto"
 
 
-# vLLM's own names for the methods the sizing knows by QUANTIZATION's names.
-_VLLM_METHODS = {"fp8_per_tensor": "fp8", "awq_marlin": "awq", "gptq_marlin": "gptq"}
+# vLLM's own names for the methods the sizing knows by QUANTIZATION's names: the engine's
+# renames read backwards, and the Marlin kernels' names of AWQ and GPTQ.
+_VLLM_METHODS = {vllm: ours for ours, vllm in VLLM_QUANTIZATION_NAMES.items()} | {
+    "awq_marlin": "awq",
+    "gptq_marlin": "gptq",
+}
 
 
 def _quantization(value: str | None) -> str | None:
