@@ -27,7 +27,7 @@ import openai
 import pytest
 from testcontainers.core.container import DockerContainer
 
-from support.certificates import Certificates, make_pki
+from support.certificates import Certificates, grpc_channel, make_pki
 from support.container_deployment import BackendContainer, backend_container, preview_objects
 from support.container_serving import REPORT, health_status, relays, run_step, wait_serving
 from support.paths import REPO
@@ -129,12 +129,7 @@ def served(
 
 
 def grpc_completion(address: str, credentials: grpc.ChannelCredentials | None) -> str:
-    channel = (
-        grpc.insecure_channel(address)
-        if credentials is None
-        else grpc.secure_channel(address, credentials)
-    )
-    with channel:
+    with grpc_channel(address, credentials) as channel:
         stub = completion_pb2_grpc.CompletionServiceStub(channel)
         request = completion_pb2.CompletionRequest(
             prompt=PROMPT, max_new_tokens=TOKENS, temperature=0

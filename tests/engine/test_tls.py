@@ -23,7 +23,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from support.backend_process import SERVING, BackendProcess
-from support.certificates import Certificates, Issued, make_pki
+from support.certificates import Certificates, Issued, grpc_channel, make_pki
 from zarf_vllm.backend.proto.chat import chat_pb2, chat_pb2_grpc
 
 MODEL = "tiny"
@@ -63,12 +63,7 @@ def grpc_credentials(pki: Certificates, client: Issued | None = None) -> grpc.Ch
 
 
 def grpc_chat(address: str, credentials: grpc.ChannelCredentials | None) -> str:
-    channel = (
-        grpc.insecure_channel(address)
-        if credentials is None
-        else grpc.secure_channel(address, credentials)
-    )
-    with channel:
+    with grpc_channel(address, credentials) as channel:
         stub = chat_pb2_grpc.ChatCompletionServiceStub(channel)
         return stub.ChatComplete(HELLO, timeout=60).choices[0].chat_item.content
 

@@ -9,6 +9,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -118,3 +119,10 @@ def make_pki(directory: Path) -> Certificates:
         directory, "stranger", *_issue(other, "stranger", ExtendedKeyUsageOID.CLIENT_AUTH, [])
     )
     return Certificates(directory, ca_path, server, client, stranger)
+
+
+def grpc_channel(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
+    """A channel to `address`: TLS with `credentials`, plaintext without."""
+    if credentials is None:
+        return grpc.insecure_channel(address)
+    return grpc.secure_channel(address, credentials)
