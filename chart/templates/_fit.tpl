@@ -38,6 +38,7 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- if $cpu -}}
 {{- range $k.gpuOnly }}{{ if hasKey $o .field }}{{ fail (printf $m.gpuOnly .variable) }}{{ end }}{{ end -}}
 {{- if not (has $c.quantization $k.cpuQuantizations) }}{{ include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.cpuQuantization $c.model $c.quantization)) }}{{ end -}}
+{{- if and (hasKey $o "cpuDtype") (ne $c.quantization "none") }}{{ fail (printf $m.cpuDtypeQuantized $c.model $c.quantization) }}{{ end -}}
 {{- else if hasKey $o "cpuKvcacheGib" }}{{ fail (printf $m.cpuOnly $name) }}
 {{- else if hasKey $o "cpuDtype" }}{{ fail (printf $m.cpuDtypeOnly $name) }}{{ end -}}
 {{- $stages := int64 ($hw.nodes | default 1) -}}

@@ -553,6 +553,9 @@ def test_quantization_is_refused_before_anything_is_applied_in_the_sizings_words
          "and the weights of bge-base-en-v1.5 are float32"),
         ("smollm2-135m-instruct", {"PROFILE": "cpu", "QUANTIZATION": "fp8"},
          "QUANTIZATION=fp8 does not apply to the cpu profile"),
+        ("smollm2-135m-instruct-w8a8", {"PROFILE": "cpu", "CPU_DTYPE": "float32"},
+         "CPU_DTYPE applies only to unquantized models, and smollm2-135m-instruct-w8a8 is "
+         "compressed-tensors-quantized"),
     ]  # fmt: skip
     for manifest_id, sets, start in cases:
         message = refusal(manifest_id, **sets)

@@ -19,7 +19,9 @@ from zarf_vllm.packaging.weights.marker import is_verified
 from zarf_vllm.packaging.weights.pull import default_dest, pull
 
 
-@pytest.mark.parametrize("model_id", ["smollm2-135m-instruct", "all-minilm-l6-v2"])
+@pytest.mark.parametrize(
+    "model_id", ["smollm2-135m-instruct", "smollm2-135m-instruct-w8a8", "all-minilm-l6-v2"]
+)
 def test_recipe_builds_pinned_files_and_second_pull_skips(model_id: str) -> None:
     manifest = load_manifest(find_manifest(model_id))
     assert manifest.locked and manifest.source.kind == "recipe"

