@@ -133,17 +133,20 @@ def rendered_backend(
     pod_tmp = tmp_path / "pod-tmp"
     pod_tmp.mkdir()
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(STEERING_PREFIXES)}
+    # The one departure from the pod: the rendered ports (50051, 9090, 8000) are the pod's own
+    # network namespace; on this shared machine the server takes free ones, for the ports the
+    # rendered config opens.
+    server = rendered.config.get("server") or {}
+    free_ports = {
+        f"BACKEND_SERVER__{key.upper()}": "0"
+        for key in ("port", "metrics_port", "openai_port")
+        if server.get(key, 0) is not None
+    }
     backend = BackendProcess(
         None,
         tmp_path,
         config_file=config_file,
         base_env=base_env,
-        extra_env={
-            **pod_environment(rendered.env, model, model_dir, pod_tmp),
-            # The one departure from the pod: the rendered ports 50051/9090 are the pod's own
-            # network namespace; on this shared machine the server takes free ones.
-            "BACKEND_SERVER__PORT": "0",
-            "BACKEND_SERVER__METRICS_PORT": "0",
-        },
+        extra_env={**pod_environment(rendered.env, model, model_dir, pod_tmp), **free_ports},
     )
     return backend
