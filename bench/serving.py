@@ -21,6 +21,9 @@ of the placement noise. The systems:
                      the CPU before this benchmark measured it)
             nobind   the defaults with VLLM_CPU_OMP_THREADS_BIND=nobind: vLLM-CPU's OpenMP
                      threads unpinned (by default it pins them and keeps one core free)
+            iomp     the defaults with Intel's OpenMP preloaded (LD_PRELOAD of the libiomp5.so
+                     that BENCH_IOMP names, e.g. from PyPI's intel-openmp wheel), as vLLM-CPU's
+                     docs suggest, in place of the GNU OpenMP that torch links
           and per configuration two client patterns (--channels): one channel shared by every
           call ("shared"), and a new channel, so a new connection, per call ("per-call", what
           the LeapfrogAI API does).
@@ -86,6 +89,7 @@ CONFIGS = {
     "eager": Config({"enforce_eager": True}, 0.8, {}),
     "compiled": Config({"enforce_eager": False}, 0.8, {}),
     "nobind": Config({}, 0.8, {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}),
+    "iomp": Config({}, 0.8, {"LD_PRELOAD": os.environ.get("BENCH_IOMP", "")}),
 }
 CHANNELS = ("shared", "per-call")
 KV_CACHE_GIB = "2"
@@ -584,6 +588,8 @@ def main() -> int:
         parser.error(problem)
     if any(c < 1 for c in args.concurrency):
         parser.error(f"--concurrency: each must be >= 1, got {args.concurrency}")
+    if "iomp" in args.configs and not Path(os.environ.get("BENCH_IOMP", "")).is_file():
+        parser.error("--configs iomp needs BENCH_IOMP=/path/to/libiomp5.so (intel-openmp wheel)")
 
     plan = (args.model, args.concurrency, args.tokens, args.rounds)
     if args.role == "grpc-client":
