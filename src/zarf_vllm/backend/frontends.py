@@ -92,6 +92,7 @@ class Supervisor:
         self._stop_requested = False
         self._starting = False
         self._context = multiprocessing.get_context("spawn")
+        self._listeners: Any = None  # vLLM's EngineZmqListeners, while starting
 
     # -- the whole run ------------------------------------------------------------------
 
@@ -142,23 +143,22 @@ class Supervisor:
         from vllm.v1.executor import Executor
 
         config, engine_args = self._engine_config()
-        listeners = bind_engine_zmq_listeners(config, self.count)
+        # Held by the supervisor, not this frame, so _stop_everything frees them while the
+        # interpreter still runs (vLLM's __del__ of them fails at interpreter exit).
+        self._listeners = bind_engine_zmq_listeners(config, self.count)
         try:
             with launch_core_engines(
-                config, Executor.get_class(config), True, listeners.addresses
+                config, Executor.get_class(config), True, self._listeners.addresses
             ) as launch:
                 self.engines, self.coordinator = launch.engine_manager, launch.coordinator
-                stats = (
-                    None
-                    if self.coordinator is None
-                    else (self.coordinator.get_stats_publish_address())
-                )
+                coordinator = self.coordinator
+                stats = None if coordinator is None else coordinator.get_stats_publish_address()
                 for index in range(self.count):
-                    client = client_config(listeners, index, self.count, stats)
+                    client = client_config(self._listeners, index, self.count, stats)
                     self._spawn(index, settings_data, engine_args, client)
                     # The front end holds its own copies now.
-                    listeners.inputs[index].close()
-                    listeners.outputs[index].close()
+                    self._listeners.inputs[index].close()
+                    self._listeners.outputs[index].close()
                 # vLLM's start-up wait fails at once if a front end dies meanwhile.
                 launch.watched_frontend_processes = [f.process for f in self.front_ends]
                 self._wait_until(
@@ -178,8 +178,6 @@ class Supervisor:
             # Leaving the block waited for every engine core to report ready.
         except RuntimeError as exc:
             raise StartAborted(str(exc)) from exc
-        finally:
-            listeners.cleanup()
         log_event(logger, "engine core ready; front ends connecting")
         for front_end in self.front_ends:
             front_end.signals.engine_up.set()
@@ -318,6 +316,9 @@ class Supervisor:
             self.engines.shutdown(timeout=STOP_MARGIN_S)
         if self.coordinator is not None:
             self.coordinator.shutdown(timeout=STOP_MARGIN_S)
+        if self._listeners is not None:
+            self._listeners.cleanup()
+            self._listeners = None
         forget_processes(metrics_dir, [f.process.pid for f in self.front_ends])
         codes = {f.process.name: f.process.exitcode for f in self.front_ends}
         log_event(logger, "stopped", front_ends=codes)
