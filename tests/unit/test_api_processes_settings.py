@@ -24,7 +24,7 @@ def test_the_environment_sets_it(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("value", [0, -1, 65])
 def test_out_of_bounds_is_refused(value: int) -> None:
-    with pytest.raises(ConfigError, match="server.api_processes"):
+    with pytest.raises(ConfigError, match=r"server\.api_processes"):
         settings(server={"api_processes": value})
 
 
