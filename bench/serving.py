@@ -318,11 +318,10 @@ async def host_processes(
                 )
 
             def front_ends_rss() -> float:
-                # The supervisor and its front ends; the engine core is not a front end's.
-                root = psutil.Process(backend.process.pid)  # type: ignore[union-attr]
-                tree = [root, *root.children(recursive=True)]
-                ours = [p for p in tree if "EngineCore" not in p.name()]
-                return sum(p.memory_info().rss for p in ours) / 2**20
+                # The supervisor and its front ends (the pids it logs); not the engine core,
+                # its worker or multiprocessing's resource tracker.
+                pids = [backend.process.pid, *backend.events("listening")[0]["pids"]]  # type: ignore[union-attr]
+                return sum(psutil.Process(pid).memory_info().rss for pid in pids) / 2**20
 
             waves = {channel: wave(channel) for channel in channels}
             await alternate(
