@@ -24,6 +24,11 @@ of the placement noise. The systems:
             iomp     the defaults with Intel's OpenMP preloaded (LD_PRELOAD of the libiomp5.so
                      that BENCH_IOMP names, e.g. from PyPI's intel-openmp wheel), as vLLM-CPU's
                      docs suggest, in place of the GNU OpenMP that torch links
+            procs2   the defaults with server.api_processes: 2, `serve` as its own process
+                     tree (supervisor, two front ends on one port, one engine core); its raw
+                     baseline is an AsyncLLM of the host's own, so a second engine: that ratio
+                     carries the placement noise the others are free of. A shared channel is
+                     one connection, so one front end: only per-call spreads over both
           and per configuration two client patterns (--channels): one channel shared by every
           call ("shared"), and a new channel, so a new connection, per call ("per-call", what
           the LeapfrogAI API does).
@@ -59,7 +64,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,6 +85,7 @@ class Config:
     engine: dict
     temperature: float
     env: dict
+    server: dict = field(default_factory=dict)
 
 
 # The clients' temperature for "default": what the issue measured; LeapfrogAI sends 1.0.
@@ -90,6 +96,7 @@ CONFIGS = {
     "compiled": Config({"enforce_eager": False}, 0.8, {}),
     "nobind": Config({}, 0.8, {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}),
     "iomp": Config({}, 0.8, {"LD_PRELOAD": os.environ.get("BENCH_IOMP", "")}),
+    "procs2": Config({}, 0.8, {}, {"api_processes": 2}),
 }
 CHANNELS = ("shared", "per-call")
 KV_CACHE_GIB = "2"
@@ -165,8 +172,10 @@ async def alternate(
     tokens: int,
     rounds: int,
     temperature: float,
+    rss: Callable[[], float] = rss_mb,
 ) -> None:
-    """raw, then each served pattern, again and again: the first round warms up, uncounted."""
+    """raw, then each served pattern, again and again: the first round warms up, uncounted.
+    `rss`: the served front end's memory (default: this process's)."""
     for concurrency in concurrencies:
         raw: list[dict] = []
         served: dict[str, list[dict]] = {name: [] for name in served_waves}
@@ -183,9 +192,7 @@ async def alternate(
                 s.host_cpu_s = time.process_time() - cpu
                 if round_:
                     served[name].append(asdict(s))
-        report_result(
-            {"concurrency": concurrency, "raw": raw, "served": served, "rss_mb": rss_mb()}
-        )
+        report_result({"concurrency": concurrency, "raw": raw, "served": served, "rss_mb": rss()})
 
 
 async def client_wave(
@@ -238,6 +245,9 @@ async def host_ours(
     from zarf_vllm.backend.server import BackendServer
 
     force_offline()
+    if CONFIGS[config].server.get("api_processes", 1) > 1:
+        await host_processes(model, concurrencies, tokens, rounds, config, channels)
+        return
     configure_logging("INFO")
     server = {"host": "127.0.0.1", "port": 0, "metrics_port": None}
     if "BENCH_STREAM_INTERVAL_MS" in os.environ:
@@ -267,6 +277,63 @@ async def host_ours(
     await alternate(llm, waves, concurrencies, tokens, rounds, CONFIGS[config].temperature)
     await backend.server.stop(None)
     llm.shutdown()
+
+
+async def host_processes(
+    model: Path,
+    concurrencies: list[int],
+    tokens: int,
+    rounds: int,
+    config: str,
+    channels: list[str],
+) -> None:
+    """Our server with several front-end processes: `serve` in its own process tree, and the
+    raw waves on an AsyncLLM of this process's own (a second engine, idle while served waves
+    run)."""
+    import psutil
+    import yaml
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from support.backend_process import BackendProcess
+
+    settings = {
+        "model": {"path": str(model)},
+        "engine": {**CONFIGS[config].engine, "cpu_kvcache_space_gib": int(KV_CACHE_GIB)},
+        "limits": {"max_in_flight": 4096},
+        "server": {"host": "127.0.0.1", "port": 0, "metrics_port": None, "openai_port": None,
+                   **CONFIGS[config].server},
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory() as workdir:
+        config_file = Path(workdir) / "backend.yaml"
+        config_file.write_text(yaml.safe_dump(settings))
+        backend = BackendProcess(None, Path(workdir), config_file=config_file).start()
+        try:
+            loading = time.perf_counter()
+            await asyncio.to_thread(backend.wait_serving)
+            report_result({"load_s": time.perf_counter() - loading})
+            llm = AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(model), **ENGINE))
+            temperature = CONFIGS[config].temperature
+
+            def wave(channel: str) -> Callable[[int], Awaitable[Wave]]:
+                address = backend.address
+                return lambda n: client_wave(
+                    "grpc-client", address, n, tokens, channel, temperature
+                )
+
+            def front_ends_rss() -> float:
+                # The supervisor and its front ends (the pids it logs); not the engine core,
+                # its worker or multiprocessing's resource tracker.
+                pids = [backend.process.pid, *backend.events("listening")[0]["pids"]]  # type: ignore[union-attr]
+                return sum(psutil.Process(pid).memory_info().rss for pid in pids) / 2**20
+
+            waves = {channel: wave(channel) for channel in channels}
+            await alternate(
+                llm, waves, concurrencies, tokens, rounds, temperature, rss=front_ends_rss
+            )
+            llm.shutdown()
+        finally:
+            backend.stop()
 
 
 async def host_openai(model: Path, concurrencies: list[int], tokens: int, rounds: int) -> None:

@@ -209,6 +209,18 @@ class ServerSettings(_Section):
         # 128 streams, 0.60-0.84x the raw engine's throughput against 0.56-0.66x with 10 ms,
         # and the time-to-first-token p99 of a 128-stream burst down from 2.2-2.4 s to 0.6-0.8 s.
     ] = 50.0
+    api_processes: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=64,
+            description="Front-end processes serving the same ports (SO_REUSEPORT: the kernel "
+            "spreads connections over them), each a client of the one engine, as vLLM's "
+            "--api-server-count does; for GPU nodes where one Python process cannot keep up "
+            "with the engine. Each costs a process and its memory, and limits.max_in_flight "
+            "is split between them. 1: one process with the engine's client in it",
+        ),
+    ] = 1
 
 
 class OpenAISettings(_Section):
@@ -314,6 +326,19 @@ class Settings(BaseSettings):
     def _model_path_given(self) -> Settings:
         if self.model.path is None:
             raise ValueError("model.path is required: pass --model DIR or set BACKEND_MODEL__PATH")
+        return self
+
+    @model_validator(mode="after")
+    def _api_processes_on_one_node(self) -> Settings:
+        # The front ends are clients of engine cores this node starts; a model served across
+        # nodes starts its engine through vLLM's multi-node executor, which no front-end
+        # process of ours has been run against.
+        if self.server.api_processes > 1 and self.engine.nnodes > 1:
+            raise ValueError(
+                f"server.api_processes {self.server.api_processes} and engine.nnodes "
+                f"{self.engine.nnodes} do not go together: several front-end processes are "
+                "for a model served on one node; set server.api_processes to 1"
+            )
         return self
 
 

@@ -12,7 +12,7 @@ import json
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from vllm.lora.request import LoRARequest
     from vllm.outputs import RequestOutput
     from vllm.v1.engine.async_llm import AsyncLLM
+
+    from zarf_vllm.backend.engine_source import EngineSource
 
 
 # Texts longer than this are tokenized in a worker thread so one huge prompt does not stall
@@ -293,7 +295,11 @@ def _exit_on_signal(signum: int, frame: object) -> None:
 class Engine:
     """vLLM's AsyncLLM, with the few operations the services use."""
 
-    def __init__(self, llm: AsyncLLM, facts: EngineFacts) -> None:
+    def __init__(
+        self, llm: AsyncLLM, facts: EngineFacts, alive: Callable[[], bool] | None = None
+    ) -> None:
+        """`alive`: for a client of an engine core another process watches (engine_source.py),
+        whether that process still sees it running."""
         from vllm import PoolingParams
         from vllm.inputs.engine import tokens_input
 
@@ -304,6 +310,7 @@ class Engine:
         self._tokens_input = tokens_input
         self._pooling_params = PoolingParams
         self._lora: LoRARequest | None = None  # set on an adapter's view (for_adapter)
+        self._alive = alive
 
     @classmethod
     def start(
@@ -312,16 +319,21 @@ class Engine:
         is_embedding: bool,
         sampling_defaults: dict[str, Any] | None = None,
         adapters: Sequence[ServedAdapter] = (),
+        source: EngineSource | None = None,
     ) -> Engine:
-        """Loads the model; blocks until the engine core is up (seconds to minutes)."""
+        """Loads the model; blocks until the engine core is up (seconds to minutes). With a
+        `source`, connects to the engine core the supervisor started instead (frontends.py)."""
         _set_cpu_kvcache(settings)
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
         on_cpu = current_platform.is_cpu()
-        args = _resolved_args(settings, is_embedding, sampling_defaults, adapters)
-        llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        if source is None:
+            args = _resolved_args(settings, is_embedding, sampling_defaults, adapters)
+            llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        else:
+            llm = source.connect()
 
         model_config = llm.model_config
         facts = EngineFacts(
@@ -330,7 +342,7 @@ class Engine:
             is_embedding=is_embedding,
             per_request_seed=not on_cpu,
         )
-        return cls(llm, facts)
+        return cls(llm, facts, None if source is None else source.engine_alive)
 
     def for_adapter(self, adapter: ServedAdapter) -> Engine:
         """The same engine, generating through `adapter`'s LoRA weights (vLLM loads them at
@@ -424,10 +436,12 @@ class Engine:
 
     @property
     def dead(self) -> bool:
-        return self._llm.errored
+        return self._llm.errored or (self._alive is not None and not self._alive())
 
     async def check_health(self) -> None:
         """Raises EngineDeadError when the engine core is gone."""
+        if self._alive is not None and not self._alive():
+            raise EngineDeadError("an engine core process has exited (the supervisor saw it)")
         try:
             await self._llm.check_health()
         except Exception as exc:

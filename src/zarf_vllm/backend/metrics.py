@@ -10,6 +10,9 @@ metrics port exposes both.
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from collections.abc import Callable
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -19,6 +22,13 @@ from prometheus_client import start_http_server as _start_http_server
 # (a long generation on a CPU).
 _TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# With several front-end processes (frontends.py) prometheus_client keeps each process's values
+# in files under this directory, and the supervisor serves their merge. Counters and histograms
+# add up; the gauges below say how (`multiprocess_mode`, ignored in one process).
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# How often a front end writes the engine's request count in that mode: the merge reads files,
+# so a value computed at scrape time (set_function) never reaches it.
+ENGINE_GAUGE_INTERVAL_S = 1.0
 # The `api` label's values (calls.Call.api): both in-flight series exist, at 0, from the start.
 APIS = ("grpc", "openai")
 
@@ -34,7 +44,11 @@ class Metrics:
             registry=registry,
         )
         self.in_flight = Gauge(
-            "backend_requests_in_flight", "Calls being served now", ["api"], registry=registry
+            "backend_requests_in_flight",
+            "Calls being served now",
+            ["api"],
+            registry=registry,
+            multiprocess_mode="livesum",  # the pod's calls: every live front end's, added up
         )
         for api in APIS:
             self.in_flight.labels(api)
@@ -62,11 +76,23 @@ class Metrics:
             "backend_engine_unfinished_requests",
             "Requests the engine still holds (generating or aborted but not yet freed)",
             registry=registry,
+            # Each front end counts the requests it sent; the engine holds their sum.
+            multiprocess_mode="livesum",
         )
 
     def watch_engine(self, unfinished_requests: Callable[[], int]) -> None:
-        """Reads the engine's request count at scrape time."""
-        self.engine_unfinished.set_function(unfinished_requests)
+        """Reads the engine's request count at scrape time (in one process), or writes it every
+        ENGINE_GAUGE_INTERVAL_S for the supervisor's merge (several front ends)."""
+        if MULTIPROC_DIR_ENV not in os.environ:
+            self.engine_unfinished.set_function(unfinished_requests)
+            return
+
+        def refresh() -> None:
+            while True:
+                self.engine_unfinished.set(unfinished_requests())
+                time.sleep(ENGINE_GAUGE_INTERVAL_S)
+
+        threading.Thread(target=refresh, name="engine-gauge", daemon=True).start()
 
 
 def serve_metrics(host: str, port: int, registry: CollectorRegistry = REGISTRY) -> int:

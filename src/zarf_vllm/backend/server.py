@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import signal
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
@@ -45,6 +46,9 @@ from zarf_vllm.backend.services.embeddings import EmbeddingsService
 from zarf_vllm.backend.tls import grpc_credentials, load_tls
 from zarf_vllm.model.manifest import ModelManifest
 
+if TYPE_CHECKING:
+    from zarf_vllm.backend.engine_source import EngineSource
+
 logger = get_logger("server")
 
 EXIT_OK = 0
@@ -59,8 +63,16 @@ class ServiceSet:
 
 
 class BackendServer:
-    def __init__(self, settings: Settings, manifest: ModelManifest | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        manifest: ModelManifest | None,
+        source: EngineSource | None = None,
+    ) -> None:
+        """`source`: this process is one of several front ends of one engine core, on the same
+        ports (frontends.py); None: the engine's client is this process's own."""
         self.settings = settings
+        self.source = source
         self.manifest = manifest
         self.is_embedding = is_embedding_model(settings, manifest)
         self.served_name = served_name(settings, manifest)
@@ -77,6 +89,9 @@ class BackendServer:
             # on streams per connection would queue calls out of sight of max_in_flight.
             ("grpc.max_concurrent_streams", settings.limits.max_in_flight + 64),
         ]
+        if source is not None:
+            # Every front end listens on the same ports; the kernel spreads the connections.
+            options.append(("grpc.so_reuseport", 1))
         self.server = new_server(options)
         self.services = self._add_services()
         # LoRA adapters: one gRPC port each (backend/adapter_servers.py), model names on OpenAI.
@@ -85,7 +100,9 @@ class BackendServer:
         self.openai = (
             None
             if settings.server.openai_port is None
-            else OpenAIFrontend(settings, self.calls, self.served_name, self.adapters)
+            else OpenAIFrontend(
+                settings, self.calls, self.served_name, self.adapters, reuse_port=source is not None
+            )
         )
         self.health_port = (
             None if settings.tls.health_port is None else PlainHealthPort(self.health)
@@ -141,9 +158,12 @@ class BackendServer:
         metrics_port = None
         if server_settings.metrics_port is not None:
             metrics_port = serve_metrics(server_settings.host, server_settings.metrics_port)
+        if self.source is not None:
+            self.source.listening()
         log_event(
             logger,
-            "listening",
+            # With several front ends the supervisor logs the pod's one "listening" line.
+            "listening" if self.source is None else "front end listening",
             port=self.port,
             metrics_port=metrics_port,
             openai_port=None if self.openai is None else self.openai.port,
@@ -157,8 +177,10 @@ class BackendServer:
         """Loads the engine off the event loop, warms it up, then reports SERVING."""
         log_event(logger, "loading model", path=str(self.settings.model.path))
         defaults = openai_sampling_defaults(self.settings, self.manifest) if self.openai else None
+        if self.source is not None:
+            await self.source.wait_for_engine()
         engine = await asyncio.to_thread(
-            Engine.start, self.settings, self.is_embedding, defaults, self.adapters
+            Engine.start, self.settings, self.is_embedding, defaults, self.adapters, self.source
         )
         assemble(self.runtime, engine, self.settings, self.manifest)
         self.adapter_servers.attach(engine, self.settings, self.manifest)
@@ -167,6 +189,8 @@ class BackendServer:
             await self._warm_up(engine)
         if self.openai is not None:
             await self.openai.attach(engine)
+        if self.source is not None:
+            await self.source.ready_to_serve()
         self.calls.accepting = True
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log_event(
@@ -250,9 +274,11 @@ class BackendServer:
             await self.health_port.stop()
 
 
-async def run(settings: Settings, manifest: ModelManifest | None) -> int:
+async def run(
+    settings: Settings, manifest: ModelManifest | None, source: EngineSource | None = None
+) -> int:
     """Runs the backend until SIGTERM (exit 0) or engine death (exit 1)."""
-    backend = BackendServer(settings, manifest)
+    backend = BackendServer(settings, manifest, source)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, backend.request_stop)

@@ -82,6 +82,11 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise CommandError(str(exc), exit_code=2) from exc
 
+    if settings.server.api_processes > 1:
+        from zarf_vllm.backend.frontends import run_front_ends
+
+        return run_front_ends(settings, manifest)
+
     from zarf_vllm.backend.server import run as run_server
 
     return asyncio.run(run_server(settings, manifest))

@@ -25,13 +25,17 @@ class OpenAIFrontend:
         calls: CallTracker,
         served_name: str,
         adapters: Sequence[ServedAdapter] = (),
+        *,
+        reuse_port: bool = False,
     ) -> None:
+        """`reuse_port`: other front-end processes listen on the same port (SO_REUSEPORT)."""
         key = settings.openai.api_key
         self._guard = Guard(calls, None if key is None else key.get_secret_value())
         self._settings = settings
         self._served_name = served_name
         self._adapters = tuple(adapters)
         self._transport: HttpTransport | None = None
+        self._reuse_port = reuse_port
 
     @property
     def port(self) -> int | None:
@@ -41,7 +45,11 @@ class OpenAIFrontend:
         server = self._settings.server
         assert server.openai_port is not None
         self._transport = HttpTransport(
-            self._guard, server.host, server.openai_port, uvicorn_options(tls)
+            self._guard,
+            server.host,
+            server.openai_port,
+            uvicorn_options(tls),
+            reuse_port=self._reuse_port,
         )
         await self._transport.start()
 

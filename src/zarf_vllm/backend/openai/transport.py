@@ -25,10 +25,19 @@ class _Server(uvicorn.Server):
 
 class HttpTransport:
     def __init__(
-        self, app: ASGIApp, host: str, port: int, tls_options: dict[str, Any] | None = None
+        self,
+        app: ASGIApp,
+        host: str,
+        port: int,
+        tls_options: dict[str, Any] | None = None,
+        *,
+        reuse_port: bool = False,
     ) -> None:
-        """`tls_options`: uvicorn.Config's ssl_* arguments (backend/tls.py); none: plain HTTP."""
-        self._socket = socket.create_server((host, port), family=_family(host), backlog=2048)
+        """`tls_options`: uvicorn.Config's ssl_* arguments (backend/tls.py); none: plain HTTP.
+        `reuse_port`: SO_REUSEPORT, for several front-end processes on one port."""
+        self._socket = socket.create_server(
+            (host, port), family=_family(host), backlog=2048, reuse_port=reuse_port
+        )
         self.port: int = self._socket.getsockname()[1]
         config = uvicorn.Config(
             app,
