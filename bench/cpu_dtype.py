@@ -24,10 +24,14 @@ from pathlib import Path
 
 QUESTION = "What is the capital of France?"
 RESULT = "cpu_dtype result: "
-DEFAULT_MODEL = Path(
-    os.environ.get("ZARF_VLLM_CACHE")
-    or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zarf-vllm"
-) / "models" / "smollm2-135m-instruct"
+DEFAULT_MODEL = (
+    Path(
+        os.environ.get("ZARF_VLLM_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zarf-vllm"
+    )
+    / "models"
+    / "smollm2-135m-instruct"
+)
 
 
 def measure(model: str, dtype: str) -> dict:
