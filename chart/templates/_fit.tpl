@@ -43,6 +43,7 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- else if hasKey $o "cpuDtype" }}{{ fail (printf $m.cpuDtypeOnly $name) }}{{ end -}}
 {{- $stages := int64 ($hw.nodes | default 1) -}}
 {{- if and $c.embedding (gt $stages 1) }}{{ include "zarf-vllm.refuseFit" (set $refuse "message" (printf $m.multiNodeEmbed $c.model $name $stages)) }}{{ end -}}
+{{- if and (gt (int64 (get $o "apiProcesses" | default 1)) 1) (gt $stages 1) }}{{ fail (printf $m.apiProcessesNodes (int64 $o.apiProcesses) $name $stages) }}{{ end -}}
 {{- /* QUANTIZATION against the weights and the GPUs, KV_CACHE_DTYPE=fp8 against the GPUs (sizing._check_quantization) */ -}}
 {{- $q := get $o "quantization" | default "" -}}
 {{- $own := or (eq $q "") (eq $q $c.quantization) -}}
@@ -179,9 +180,13 @@ tests/chart/test_chart.py checks that this and Python agree, numbers and message
 {{- $shmGib := mul (int64 $tpCost.shmGib) $dp -}}
 {{- $kvTotal := mul $kvGib $dp -}}
 {{- $loraHost := mul $tpCost.hostLoraBytes $dp -}}
-{{- $need := div (add $weights $runtime $loraHost (mul (add $kvTotal $shmGib) $k.gib) (sub $k.gib 1)) $k.gib -}}
+{{- /* API_PROCESSES front ends (sizing.front_end_host_bytes) */ -}}
+{{- $apiProcesses := int64 (get $o "apiProcesses" | default 1) -}}
+{{- $frontEnds := ternary (mul $apiProcesses $k.hostBytesPerFrontEnd) 0 (gt $apiProcesses 1) -}}
+{{- $need := div (add $weights $runtime $loraHost $frontEnds (mul (add $kvTotal $shmGib) $k.gib) (sub $k.gib 1)) $k.gib -}}
 {{- $parts := printf $m.hostParts (include "zarf-vllm.gib" $weights) (include "zarf-vllm.gib" $runtime) -}}
 {{- if gt $loraHost 0 }}{{ $parts = print $parts (printf $m.hostPartsLora (include "zarf-vllm.gib" $loraHost)) }}{{ end -}}
+{{- if gt $frontEnds 0 }}{{ $parts = print $parts (printf $m.hostPartsFrontEnds (include "zarf-vllm.gib" $frontEnds) $apiProcesses) }}{{ end -}}
 {{- if gt $kvTotal 0 }}{{ $parts = print $parts (printf $m.hostPartsKv $kvTotal) }}{{ end -}}
 {{- if gt $shmGib 0 }}{{ $parts = print $parts (printf $m.hostPartsShm $shmGib) }}{{ end -}}
 {{- $host := int64 (get $o "hostMemoryGib" | default $need) -}}

@@ -215,10 +215,8 @@ what the values set, so the manifest's own defaults apply otherwise.
 {{- $_ := set $engine "nnodes" (int64 $fit.nodes) -}}
 {{- end -}}
 {{- $openaiPort := ternary (include "zarf-vllm.openaiPort" . | int64) nil (eq (include "zarf-vllm.openai" .) "true") -}}
-{{- $apiProcesses := int64 (.Values.apiProcesses | default "1") -}}
-{{- if and (gt $apiProcesses 1) (include "zarf-vllm.multiNode" .) -}}
-{{- fail (printf "API_PROCESSES=%d needs a model served on one node, but profile %s spans %d nodes: set API_PROCESSES to 1 (the backend refuses server.api_processes > 1 with engine.nnodes > 1)" $apiProcesses $fit.profile (int64 $fit.nodes)) -}}
-{{- end -}}
+{{- /* the fit refused API_PROCESSES > 1 across nodes (sizing._check_variables) */ -}}
+{{- $apiProcesses := int64 (get (include "zarf-vllm.overrides" . | fromJson) "apiProcesses" | default 1) -}}
 {{- $server := merge (dict "port" (include "zarf-vllm.grpcPort" . | int64) "metrics_port" (include "zarf-vllm.metricsPort" . | int64) "openai_port" $openaiPort "log_level" .Values.logLevel "api_processes" $apiProcesses) $b.server -}}
 {{- /* openai stays empty here: its api_key comes from a Secret, in the environment. */ -}}
 {{- dict "model" $model "engine" $engine "sampling" $b.sampling "chat" $b.chat "limits" $b.limits "server" $server "openai" dict "tls" (include "zarf-vllm.tlsConfig" . | fromJson) | toYaml -}}

@@ -1,6 +1,6 @@
 """API_PROCESSES, rendered by Helm through the Zarf deploy preview: it reaches the backend's
-server.api_processes, leaves the pod's resources as the profile has them, and is refused out
-of bounds and on a profile that spans nodes."""
+server.api_processes, adds its front ends' memory to the pod's (the CPU stays the profile's),
+and is refused out of bounds and on a profile that spans nodes."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from support.profiles_fixtures import (
     run_preview_on,
     serving_pod_of,
 )
+from zarf_vllm.model import sizing
 from zarf_vllm.packaging.preview import Preview, PreviewError
 
 
@@ -31,10 +32,18 @@ def test_one_front_end_by_default() -> None:
     assert config_of(demo())["server"]["api_processes"] == 1
 
 
-def test_the_variable_reaches_the_backend_and_leaves_the_pods_resources_alone() -> None:
-    four = demo(API_PROCESSES="4")
-    assert config_of(four)["server"]["api_processes"] == 4
-    assert resources(four) == resources(demo())
+def gibibytes(quantity: str) -> int:
+    assert quantity.endswith("Gi"), quantity
+    return int(quantity.removesuffix("Gi"))
+
+
+def test_the_variable_reaches_the_backend_and_adds_its_memory_to_the_pod() -> None:
+    one, four = resources(demo())["backend"], resources(demo(API_PROCESSES="4"))["backend"]
+    assert config_of(demo(API_PROCESSES="4"))["server"]["api_processes"] == 4
+    added = 4 * sizing.HOST_BYTES_PER_FRONT_END // sizing.GIB
+    for side in ("requests", "limits"):
+        assert gibibytes(four[side]["memory"]) == gibibytes(one[side]["memory"]) + added
+        assert four[side].get("cpu") == one[side].get("cpu")
 
 
 @pytest.mark.parametrize("value", ["0", "65", "two", "-1"])

@@ -151,6 +151,7 @@ OVERRIDES = {
     "CPU_DTYPE": st.sampled_from(["float32", "bfloat16"]),
     "HOST_CPU": st.sampled_from(["2", "16", "200", "9999"]),
     "HOST_MEMORY_GIB": st.sampled_from(["4", "64", "2000", "99999"]),
+    "API_PROCESSES": st.sampled_from(["1", "2", "8"]),
 }
 VARIABLES = deploy_variables.load(REPO)
 

@@ -558,6 +558,24 @@ def test_embedding_models_are_refused_across_nodes() -> None:
     assert refused.value.fit
 
 
+def test_front_end_processes_count_in_host_memory_and_stay_on_one_node() -> None:
+    # API_PROCESSES: each front end (and the supervisor in place of the one process) adds
+    # HOST_BYTES_PER_FRONT_END; one adds nothing.
+    one = size(SMOLLM2, CPU)
+    assert size(SMOLLM2, CPU, Overrides(api_processes=1)) == one
+    four = size(SMOLLM2, CPU, Overrides(api_processes=4))
+    assert four.host_memory_gib == one.host_memory_gib + 4 * sizing.HOST_BYTES_PER_FRONT_END // GIB
+    assert four.host_cpu == one.host_cpu
+    with pytest.raises(Refused, match=r"\+ 4\.0 GiB for 4 front-end processes"):
+        size(SMOLLM2, CPU, Overrides(api_processes=4, host_memory_gib=one.host_memory_gib))
+    with pytest.raises(
+        Refused,
+        match="API_PROCESSES=2 needs a model served on one node, but profile gpu spans 2 nodes",
+    ) as refused:
+        size(LLAMA_8B, gpu(count=8, nodes=2), Overrides(api_processes=2))
+    assert not refused.value.fit
+
+
 # -- the whole node: data parallel ------------------------------------------------------------
 
 H100_X8 = gpu("h100-80gb-x8", count=8, memory_mib=81559, util_permille=920, host_max_cpu=224)

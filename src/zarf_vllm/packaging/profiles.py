@@ -365,6 +365,7 @@ def _constants(chart_dir: Path) -> dict[str, object]:
         ],
         "kvUsablePercent": sizing.KV_USABLE_PERCENT,
         "maxHostCpu": sizing.MAX_HOST_CPU,
+        "hostBytesPerFrontEnd": sizing.HOST_BYTES_PER_FRONT_END,
         "cpuQuantizations": list(sizing.CPU_QUANTIZATIONS),
         "cudaTotalShortfallBytes": sizing.CUDA_TOTAL_SHORTFALL_BYTES,
         "freeAtStartShortfallBytes": sizing.FREE_AT_START_SHORTFALL_BYTES,
