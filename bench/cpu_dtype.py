@@ -20,18 +20,13 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from zarf_vllm.packaging.weights.pull import cache_dir
 
 QUESTION = "What is the capital of France?"
 RESULT = "cpu_dtype result: "
-DEFAULT_MODEL = (
-    Path(
-        os.environ.get("ZARF_VLLM_CACHE")
-        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zarf-vllm"
-    )
-    / "models"
-    / "smollm2-135m-instruct"
-)
+# Where `scripts/demo` (pull) puts the demo model.
+DEFAULT_MODEL = cache_dir() / "models" / "smollm2-135m-instruct"
 
 
 def measure(model: str, dtype: str) -> dict:

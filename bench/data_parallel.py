@@ -24,19 +24,14 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from zarf_vllm.packaging.weights.pull import cache_dir
 
 RESULT = "data_parallel result: "
 PROMPT = "Write a short story about a lighthouse keeper."
 TOKENS = 128
-DEFAULT_MODEL = (
-    Path(
-        os.environ.get("ZARF_VLLM_CACHE")
-        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zarf-vllm"
-    )
-    / "models"
-    / "smollm2-135m-instruct"
-)
+# Where `scripts/demo` (pull) puts the demo model.
+DEFAULT_MODEL = cache_dir() / "models" / "smollm2-135m-instruct"
 
 
 def tree_pss_mib() -> int:
