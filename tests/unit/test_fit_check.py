@@ -60,6 +60,18 @@ def test_a_memory_limit_below_what_loading_needs_is_refused() -> None:
     assert "HOST_MEMORY_GIB=2 is less than the" in message and "GiB KV cache" in message
 
 
+def test_several_front_ends_need_their_memory_under_the_limit() -> None:
+    # The demo needs 7 GiB with one process: the 8 GiB limit holds that, not four front ends
+    # (1 GiB each) beside the engine; 11 GiB holds them.
+    assert check_fit(CPU_PROFILE, DEMO, CPU, api_processes=1) is not None
+    with pytest.raises(ConfigError, match=r"less than the 11 GiB .*\+ 4\.0 GiB for 4 front-end"):
+        check_fit(CPU_PROFILE, DEMO, CPU, api_processes=4)
+    roomy = Machine(
+        gpu_count=0, gpu_memory_mib=0, memory_limit_bytes=(CPU_FIT_GIB + 4) * sizing.GIB
+    )
+    assert check_fit(CPU_PROFILE, DEMO, roomy, api_processes=4) is not None
+
+
 def test_the_embedding_models_rendered_length_is_what_vllm_derives() -> None:
     fit = check_fit(EngineSettings(max_model_len=256, cpu_kvcache_space_gib=1), MINILM, CPU)
     assert fit is not None and fit.kv_capacity_tokens is None

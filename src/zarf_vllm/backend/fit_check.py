@@ -95,10 +95,11 @@ def _nvml_says() -> str:
 
 
 def check_fit(
-    settings: EngineSettings, manifest: ModelManifest, machine: Machine
+    settings: EngineSettings, manifest: ModelManifest, machine: Machine, api_processes: int = 1
 ) -> sizing.Fit | None:
-    """Sizes the manifest's model with exactly these settings on this machine; raises
-    ConfigError with the sizing's reason, in numbers, when it cannot fit. None: nothing to
+    """Sizes the manifest's model with exactly these settings (and `api_processes` front ends,
+    server.api_processes) on this machine; raises ConfigError with the sizing's reason, in
+    numbers, when it cannot fit. None: nothing to
     check (a generative model on the CPU without a fixed KV-cache size, which vLLM-CPU then
     sizes itself)."""
     # The LoRA slots these settings give the engine, as the engine's arguments get them.
@@ -146,6 +147,7 @@ def check_fit(
         # "auto" is the sizing's own CPU dtype; the two it sizes are taken as they are.
         cpu_dtype=settings.dtype if on_cpu and settings.dtype in sizing.CPU_DTYPES else None,
         quantization=_quantization(settings.quantization),
+        api_processes=api_processes,
     )
     try:
         return sizing.size(model, hardware, overrides)
@@ -190,7 +192,9 @@ def _described(machine: Machine) -> str:
     return f"{machine.gpu_count} x {machine.gpu_memory_mib} MiB GPU(s){capability}, {memory}"
 
 
-def check_this_machine(settings: EngineSettings, manifest: ModelManifest | None) -> None:
+def check_this_machine(
+    settings: EngineSettings, manifest: ModelManifest | None, api_processes: int = 1
+) -> None:
     """check_fit on the machine vLLM's platform sees, logged either way."""
     from zarf_vllm.backend.logs import get_logger, log_event
 
@@ -199,7 +203,7 @@ def check_this_machine(settings: EngineSettings, manifest: ModelManifest | None)
     if manifest is None:
         log_event(logger, "fit not checked", reason="no model manifest (model.manifest)")
         return
-    fit = check_fit(settings, manifest, machine)
+    fit = check_fit(settings, manifest, machine, api_processes)
     if fit is None:
         log_event(logger, "fit not checked", reason="engine.cpu_kvcache_space_gib is not set")
         return

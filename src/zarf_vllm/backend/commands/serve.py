@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         # The chart's sizing, once more, against the machine itself: before anything serves.
-        check_this_machine(settings.engine, manifest)
+        check_this_machine(settings.engine, manifest, settings.server.api_processes)
     except ConfigError as exc:
         raise CommandError(str(exc), exit_code=2) from exc
 
