@@ -1,5 +1,6 @@
 """LoRA adapters on the real backend and vLLM CPU engine: the tiny random Llama with two
-adapters made by peft, pulled and verified from a manifest, served by ONE backend.
+adapters made by peft, pulled and verified from a manifest, served by ONE backend: once as one
+process, once as two front-end processes on the same ports (server.api_processes: 2).
 
 Each adapter is a model name on the OpenAI API and a gRPC port of its own (docs/lora.md). The
 references are transformers (and peft) generating greedily on the same files: the base model's
@@ -47,15 +48,17 @@ def manifest_path(sources: dict[str, Path], tmp_path_factory: pytest.TempPathFac
     return write_manifest(sources["model"], adapters, tmp_path_factory.mktemp("m"), MODEL)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-front-ends"])
 def backend(
-    manifest_path: Path, tmp_path_factory: pytest.TempPathFactory
+    manifest_path: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[BackendProcess]:
     weights = pull(load_manifest(manifest_path), tmp_path_factory.mktemp("w") / MODEL).directory
+    settings = {
+        "model": {"manifest": str(manifest_path), "verify": "full"},
+        "server": {"api_processes": request.param},
+    }
     with BackendProcess(
-        weights,
-        tmp_path_factory.mktemp("lora-backend"),
-        {"model": {"manifest": str(manifest_path), "verify": "full"}},
+        weights, tmp_path_factory.mktemp("lora-backend"), settings
     ).serving() as process:
         yield process
 

@@ -172,6 +172,7 @@ class Supervisor:
                     metrics_port=metrics_port,
                     openai_port=ports["openai_port"],
                     health_port=ports["health_port"],
+                    adapter_ports=self._adapter_ports(ports["port"]),
                     api_processes=self.count,
                     pids=[f.process.pid for f in self.front_ends],
                 )
@@ -181,6 +182,13 @@ class Supervisor:
         log_event(logger, "engine core ready; front ends connecting")
         for front_end in self.front_ends:
             front_end.signals.engine_up.set()
+
+    def _adapter_ports(self, model_port: int) -> dict[str, int]:
+        """The LoRA adapters' gRPC ports every front end listens on, as one process logs them."""
+        from zarf_vllm.backend.adapters import adapter_port, served_adapters
+
+        adapters = served_adapters(self.settings, self.manifest)
+        return {a.name: adapter_port(model_port, index) for index, a in enumerate(adapters)}
 
     def _engine_config(self) -> tuple[Any, dict[str, Any]]:
         """The engine's arguments, resolved exactly as one process resolves them, and vLLM's
