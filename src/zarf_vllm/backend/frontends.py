@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from zarf_vllm.backend.adapters import adapter_port, served_adapters
 from zarf_vllm.backend.config import Settings
 from zarf_vllm.backend.engine_source import EngineSource, FrontEndSignals
 from zarf_vllm.backend.logs import get_logger, log_event
@@ -85,6 +86,7 @@ class Supervisor:
     def __init__(self, settings: Settings, manifest: ModelManifest | None) -> None:
         self.settings = settings
         self.manifest = manifest
+        self.adapters = served_adapters(settings, manifest)  # as one process holds them
         self.count = settings.server.api_processes
         self.front_ends: list[FrontEnd] = []
         self.engines: Any = None  # vLLM's CoreEngineProcManager
@@ -185,10 +187,7 @@ class Supervisor:
 
     def _adapter_ports(self, model_port: int) -> dict[str, int]:
         """The LoRA adapters' gRPC ports every front end listens on, as one process logs them."""
-        from zarf_vllm.backend.adapters import adapter_port, served_adapters
-
-        adapters = served_adapters(self.settings, self.manifest)
-        return {a.name: adapter_port(model_port, index) for index, a in enumerate(adapters)}
+        return {a.name: adapter_port(model_port, i) for i, a in enumerate(self.adapters)}
 
     def _engine_config(self) -> tuple[Any, dict[str, Any]]:
         """The engine's arguments, resolved exactly as one process resolves them, and vLLM's
@@ -196,7 +195,6 @@ class Supervisor:
         from vllm.usage.usage_lib import UsageContext
 
         from zarf_vllm.backend import engine
-        from zarf_vllm.backend.adapters import served_adapters
         from zarf_vllm.backend.engine_source import front_end_engine_args
         from zarf_vllm.backend.runtime import is_embedding_model, openai_sampling_defaults
 
@@ -209,7 +207,7 @@ class Supervisor:
             settings,
             is_embedding_model(settings, manifest),
             defaults,
-            served_adapters(settings, manifest),
+            self.adapters,
         )
         vllm_args = front_end_engine_args(args, self.count, -1)
         # engine_source.connect builds each client's config with the same context.
