@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from pathlib import Path
 
 import grpc
@@ -55,13 +56,20 @@ def openai_completions(backend: BackendProcess) -> list[httpx.Response]:
     return [httpx.post(f"{base}/completions", json=body, timeout=60) for _ in range(OPENAI_CALLS)]
 
 
-def served_by(backend: BackendProcess, method: str) -> collections.Counter[str | None]:
-    """How many OK calls of `method` (gRPC's method, or the OpenAI path) each front end logged."""
-    return collections.Counter(
-        e.get("process")
-        for e in backend.events("request")
-        if e["method"] == method and e["status"] == "OK"
-    )
+def served_by(backend: BackendProcess, method: str, calls: int) -> collections.Counter[str | None]:
+    """How many OK calls of `method` (gRPC's method, or the OpenAI path) each front end logged,
+    once `calls` of them are in the log or 10 s have passed: a call's log line can reach the
+    test's log reader after the client has its answer."""
+    deadline = time.monotonic() + 10
+    while True:
+        served = collections.Counter(
+            e.get("process")
+            for e in backend.events("request")
+            if e["method"] == method and e["status"] == "OK"
+        )
+        if sum(served.values()) >= calls or time.monotonic() > deadline:
+            return served
+        time.sleep(0.05)
 
 
 def pod_processes(backend: BackendProcess) -> list[psutil.Process]:
@@ -96,7 +104,7 @@ def test_two_front_ends_share_the_port_the_metrics_and_the_stop(
         # Each front end logs its calls; the kernel spread the connections over both, on the
         # gRPC port and on the OpenAI port.
         for method, calls in (("ChatCompleteStream", STREAMS), ("/v1/completions", OPENAI_CALLS)):
-            served = served_by(backend, method)
+            served = served_by(backend, method, calls)
             assert set(served) == {"FrontEnd_0", "FrontEnd_1"}, (method, served)
             assert sum(served.values()) == calls, (method, served)
         # One metrics port for the pod: both front ends' calls, and the engine's own series.
